@@ -1,0 +1,642 @@
+//! The pipeline YAML model, its loading and the checks that need no broker.
+//!
+//! [`load`] reads a file, expands `${VAR}` references, parses the YAML and
+//! checks types, unknown keys, templates and the delivery promise, returning
+//! every error it finds as a [`Diagnostic`] (`FILE:LINE:COL: message`).
+//! Plugin checks (compiles, exports the world, `init` accepts the config) are
+//! done by [`crate::wasm`] using the positions kept here.
+
+pub mod env;
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::template::Template;
+pub use yaml::Pos;
+
+/// The only `apiVersion` this runtime reads.
+pub const API_VERSION: &str = "sluice/v1";
+
+/// One error in one file, printed as `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file as named on the command line.
+    pub file: PathBuf,
+    /// Where in the file.
+    pub pos: Pos,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.pos.line.max(1),
+            self.pos.col.max(1),
+            self.message
+        )
+    }
+}
+
+/// A list of diagnostics, as an error type.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A string that never shows up in logs, errors or API output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for handing to a client library only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Delivery guarantee of a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Ack MQTT only once Kafka (or the dead-letter topic) has the message.
+    #[default]
+    AtLeastOnce,
+    /// Ack MQTT on receipt; faster, may lose messages on a crash.
+    AtMostOnce,
+}
+
+/// Batching between the source and the transform chain.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most messages handed to a transform call.
+    pub max_messages: usize,
+    /// Longest a partial batch waits for more messages, in milliseconds.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_messages: 256,
+            max_wait_ms: 5,
+        }
+    }
+}
+
+/// A pipeline file, as typed data.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Unique name in the process.
+    pub name: String,
+    /// Delivery guarantee.
+    pub delivery: Delivery,
+    /// Most un-acked messages in flight.
+    pub max_in_flight: usize,
+    /// Batching.
+    pub batch: BatchConfig,
+    /// Where messages come from.
+    pub source: SourceConfig,
+    /// Transforms, in order.
+    pub transforms: Vec<TransformConfig>,
+    /// Where messages go.
+    pub sink: SinkConfig,
+    /// What happens to messages that fail.
+    pub errors: ErrorsConfig,
+}
+
+/// Top-level keys, deserialised one section at a time so that errors in
+/// several sections are all reported.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct TopLevel {
+    #[serde(rename = "apiVersion")]
+    api_version: serde_yaml::Value,
+    name: serde_yaml::Value,
+    #[serde(default)]
+    delivery: serde_yaml::Value,
+    #[serde(default)]
+    max_in_flight: serde_yaml::Value,
+    #[serde(default)]
+    batch: serde_yaml::Value,
+    source: serde_yaml::Value,
+    #[serde(default)]
+    transforms: serde_yaml::Value,
+    sink: serde_yaml::Value,
+    #[serde(default)]
+    errors: serde_yaml::Value,
+}
+
+/// The source section: exactly one connector.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// MQTT subscriber.
+    Mqtt(crate::connectors::mqtt::MqttConfig),
+}
+
+/// The sink section: exactly one connector.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// Kafka producer.
+    Kafka(crate::connectors::kafka::KafkaConfig),
+}
+
+/// `source:` as written: one key per connector kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSection {
+    mqtt: Option<crate::connectors::mqtt::MqttConfig>,
+}
+
+/// `sink:` as written: one key per connector kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkSection {
+    kafka: Option<crate::connectors::kafka::KafkaConfig>,
+}
+
+/// Per-instance limits of a transform.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory cap per instance, in MiB.
+    pub memory_mb: u64,
+    /// Time budget for one `process` call (one batch), in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            timeout_ms: 1000,
+        }
+    }
+}
+
+/// Host capabilities a plugin may be granted. None by default.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Real wall and monotonic clocks (otherwise both read a frozen time).
+    Clock,
+    /// Real randomness (otherwise a fixed byte stream).
+    Random,
+    /// Guest stdout/stderr go to the host log (otherwise discarded).
+    Stdio,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransform {
+    name: String,
+    plugin: PathBuf,
+    #[serde(default)]
+    config: Option<serde_yaml::Value>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    capabilities: Vec<Capability>,
+}
+
+/// One transform in the chain.
+#[derive(Debug, Clone)]
+pub struct TransformConfig {
+    /// Name, unique in the pipeline; label value in metrics.
+    pub name: String,
+    /// The plugin file, resolved against the pipeline file's folder.
+    pub plugin: PathBuf,
+    /// The `config:` map as JSON text, handed to `init`.
+    pub config_json: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Granted capabilities.
+    pub capabilities: Vec<Capability>,
+    /// Position of the `plugin:` value, for plugin errors.
+    pub plugin_pos: Pos,
+    /// Position of the `config:` key (or the item), for `init` errors.
+    pub config_pos: Pos,
+}
+
+/// Failure handling.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// Kafka topic that failed messages go to, with error headers.
+    pub dead_letter_topic: Option<String>,
+}
+
+impl Pipeline {
+    /// Names of all the pipeline's transforms, in order.
+    pub fn transform_names(&self) -> Vec<String> {
+        self.transforms.iter().map(|t| t.name.clone()).collect()
+    }
+}
+
+/// Reads and checks one pipeline file. `display` is how the file is named in
+/// diagnostics (as given on the command line).
+pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic {
+            file: path.to_path_buf(),
+            pos: Pos { line: 1, col: 1 },
+            message: format!("cannot read file: {e}"),
+        }])
+    })?;
+    load_str(path, &text, |k| std::env::var(k).ok())
+}
+
+/// Like [`load`] with the text and environment given.
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Pipeline, Diagnostics> {
+    let diag = |pos: Pos, message: String| Diagnostic {
+        file: path.to_path_buf(),
+        pos,
+        message,
+    };
+    let expanded = env::expand(text, env)
+        .map_err(|errs| Diagnostics(errs.into_iter().map(|e| diag(e.pos, e.message)).collect()))?;
+    let doc =
+        yaml::Document::parse(&expanded).map_err(|e| Diagnostics(vec![diag(e.pos, e.message)]))?;
+    let mut errors = Vec::new();
+    let mut err = |e: yaml::YamlError| errors.push(diag(e.pos, e.message));
+
+    if !doc.value.is_mapping() {
+        err(yaml::YamlError {
+            pos: doc.value_pos(""),
+            message: "expected a mapping with apiVersion, name, source and sink".into(),
+        });
+        return Err(Diagnostics(errors));
+    }
+    if let Err(e) = doc.typed::<TopLevel>("") {
+        err(e);
+    }
+    let api: Option<String> = doc.typed("apiVersion").map_err(&mut err).ok();
+    if let Some(v) = &api {
+        if v != API_VERSION {
+            err(yaml::YamlError {
+                pos: doc.value_pos("apiVersion"),
+                message: format!("unsupported apiVersion `{v}`: expected `{API_VERSION}`"),
+            });
+        }
+    }
+    let name: Option<String> = doc.typed("name").map_err(&mut err).ok();
+    if let Some(n) = &name {
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            err(yaml::YamlError {
+                pos: doc.value_pos("name"),
+                message: format!(
+                    "invalid pipeline name `{n}`: use letters, digits, `-`, `_` and `.`"
+                ),
+            });
+        }
+    }
+    let delivery: Delivery = opt(&doc, "delivery")
+        .map_err(&mut err)
+        .ok()
+        .unwrap_or_default();
+    let max_in_flight: usize = opt(&doc, "max_in_flight")
+        .map_err(&mut err)
+        .ok()
+        .flatten()
+        .unwrap_or(1000);
+    if max_in_flight == 0 || max_in_flight > 65_535 {
+        err(yaml::YamlError {
+            pos: doc.value_pos("max_in_flight"),
+            message: format!("max_in_flight must be between 1 and 65535, got {max_in_flight}"),
+        });
+    }
+    let batch: BatchConfig = opt(&doc, "batch")
+        .map_err(&mut err)
+        .ok()
+        .unwrap_or_default();
+    if batch.max_messages == 0 {
+        err(yaml::YamlError {
+            pos: doc.value_pos("batch.max_messages"),
+            message: "batch.max_messages must be at least 1".into(),
+        });
+    }
+    let source = match doc.typed::<SourceSection>("source").map_err(&mut err).ok() {
+        Some(SourceSection { mqtt: Some(m) }) => Some(SourceConfig::Mqtt(m)),
+        Some(SourceSection { mqtt: None }) => {
+            err(yaml::YamlError {
+                pos: doc.value_pos("source"),
+                message: "source needs a connector: `mqtt`".into(),
+            });
+            None
+        }
+        None => None,
+    };
+    let sink = match doc.typed::<SinkSection>("sink").map_err(&mut err).ok() {
+        Some(SinkSection { kafka: Some(k) }) => Some(SinkConfig::Kafka(k)),
+        Some(SinkSection { kafka: None }) => {
+            err(yaml::YamlError {
+                pos: doc.value_pos("sink"),
+                message: "sink needs a connector: `kafka`".into(),
+            });
+            None
+        }
+        None => None,
+    };
+    let errors_cfg: ErrorsConfig = opt(&doc, "errors")
+        .map_err(&mut err)
+        .ok()
+        .unwrap_or_default();
+
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut transforms = Vec::new();
+    let n_transforms = match doc.node("transforms") {
+        None | Some(serde_yaml::Value::Null) => 0,
+        Some(serde_yaml::Value::Sequence(s)) => s.len(),
+        Some(_) => {
+            err(yaml::YamlError {
+                pos: doc.value_pos("transforms"),
+                message: "transforms must be a list".into(),
+            });
+            0
+        }
+    };
+    for i in 0..n_transforms {
+        let p = format!("transforms[{i}]");
+        let Ok(raw) = doc.typed::<RawTransform>(&p).map_err(&mut err) else {
+            continue;
+        };
+        if transforms
+            .iter()
+            .any(|t: &TransformConfig| t.name == raw.name)
+        {
+            err(yaml::YamlError {
+                pos: doc.value_pos(&format!("{p}.name")),
+                message: format!("duplicate transform name `{}`", raw.name),
+            });
+        }
+        let config_json = match &raw.config {
+            None | Some(serde_yaml::Value::Null) => "{}".to_string(),
+            Some(v) if v.is_mapping() => match serde_json::to_string(v) {
+                Ok(j) => j,
+                Err(e) => {
+                    err(yaml::YamlError {
+                        pos: doc.value_pos(&format!("{p}.config")),
+                        message: format!("config cannot be passed to the plugin as JSON: {e}"),
+                    });
+                    continue;
+                }
+            },
+            Some(_) => {
+                err(yaml::YamlError {
+                    pos: doc.value_pos(&format!("{p}.config")),
+                    message: "config must be a mapping".into(),
+                });
+                continue;
+            }
+        };
+        if raw.limits.memory_mb == 0 || raw.limits.timeout_ms == 0 {
+            err(yaml::YamlError {
+                pos: doc.value_pos(&format!("{p}.limits")),
+                message: "limits.memory_mb and limits.timeout_ms must be positive".into(),
+            });
+        }
+        let plugin_pos = doc.value_pos(&format!("{p}.plugin"));
+        let plugin = base.join(&raw.plugin);
+        if !plugin.is_file() {
+            err(yaml::YamlError {
+                pos: plugin_pos,
+                message: format!("plugin file `{}` not found", plugin.display()),
+            });
+        }
+        transforms.push(TransformConfig {
+            name: raw.name,
+            plugin,
+            config_json,
+            limits: raw.limits,
+            capabilities: raw.capabilities,
+            plugin_pos,
+            config_pos: doc.key_pos(&format!("{p}.config")),
+        });
+    }
+
+    if let Some(SourceConfig::Mqtt(m)) = &source {
+        for e in m.check(delivery) {
+            err(yaml::YamlError {
+                pos: doc.value_pos(&yaml::join("source.mqtt", &e.path)),
+                message: e.message,
+            });
+        }
+    }
+    if let Some(SinkConfig::Kafka(k)) = &sink {
+        for e in k.check() {
+            err(yaml::YamlError {
+                pos: doc.value_pos(&yaml::join("sink.kafka", &e.path)),
+                message: e.message,
+            });
+        }
+    }
+    if let Some(dlq) = &errors_cfg.dead_letter_topic {
+        if let Err(e) = crate::connectors::kafka::check_topic_name(dlq) {
+            err(yaml::YamlError {
+                pos: doc.value_pos("errors.dead_letter_topic"),
+                message: e,
+            });
+        }
+    }
+
+    match (name, source, sink) {
+        (Some(name), Some(source), Some(sink)) if errors.is_empty() => Ok(Pipeline {
+            file: path.to_path_buf(),
+            name,
+            delivery,
+            max_in_flight,
+            batch,
+            source,
+            transforms,
+            sink,
+            errors: errors_cfg,
+        }),
+        _ => {
+            errors.sort_by_key(|d| (d.pos.line, d.pos.col));
+            errors.dedup();
+            Err(Diagnostics(errors))
+        }
+    }
+}
+
+/// An optional section: absent or null gives the type's default.
+fn opt<T: serde::de::DeserializeOwned + Default>(
+    doc: &yaml::Document,
+    path: &str,
+) -> Result<T, yaml::YamlError> {
+    match doc.node(path) {
+        None | Some(serde_yaml::Value::Null) => Ok(T::default()),
+        Some(_) => doc.typed(path),
+    }
+}
+
+/// A problem found by a connector's own checks, at a path relative to its
+/// section.
+#[derive(Debug, Clone)]
+pub struct FieldError {
+    /// Path below the connector's section, e.g. `topics[0].qos`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Builds a field error.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses a template, turning failure into a field error at `path`.
+pub fn template_field(path: &str, value: &str, errors: &mut Vec<FieldError>) -> Option<Template> {
+    match Template::parse(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(FieldError::new(path, e.to_string()));
+            None
+        }
+    }
+}
+
+/// A map of extra string settings, e.g. librdkafka properties.
+pub type Properties = BTreeMap<String, String>;
+
+/// Checks that pipeline names are unique across the files of one process.
+pub fn check_unique_names(pipelines: &[Pipeline]) -> Result<(), Diagnostics> {
+    let mut errors = Vec::new();
+    for (i, p) in pipelines.iter().enumerate() {
+        if let Some(first) = pipelines[..i].iter().find(|q| q.name == p.name) {
+            errors.push(Diagnostic {
+                file: p.file.clone(),
+                pos: Pos { line: 1, col: 1 },
+                message: format!(
+                    "pipeline name `{}` is already used by {}",
+                    p.name,
+                    first.file.display()
+                ),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Diagnostics(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: sluice/v1
+name: sensors
+source:
+  mqtt:
+    url: mqtt://${HOST:-127.0.0.1}:1883
+    client_id: sluice-sensors
+    topics:
+      - filter: sensors/+/telemetry
+        qos: 1
+sink:
+  kafka:
+    brokers: 127.0.0.1:9092
+    topic: "{{topic.2}}"
+    key: "{{topic.1}}"
+errors:
+  dead_letter_topic: sluice.dlq
+"#;
+
+    fn load_text(text: &str) -> Result<Pipeline, Diagnostics> {
+        load_str(Path::new("p.yaml"), text, |_| None)
+    }
+
+    #[test]
+    fn a_minimal_pipeline_loads_with_defaults() {
+        let p = load_text(GOOD).unwrap();
+        assert_eq!(p.name, "sensors");
+        assert_eq!(p.delivery, Delivery::AtLeastOnce);
+        assert_eq!(p.max_in_flight, 1000);
+        assert!(p.transforms.is_empty());
+        let SourceConfig::Mqtt(m) = &p.source;
+        assert_eq!(m.url, "mqtt://127.0.0.1:1883");
+    }
+
+    #[test]
+    fn errors_in_several_sections_are_all_reported() {
+        let bad = GOOD
+            .replace("apiVersion: sluice/v1", "apiVersion: sluice/v1\nbogus: 1")
+            .replace("qos: 1", "qos: 7")
+            .replace("{{topic.1}}", "{{device}}");
+        let errs = load_text(&bad).unwrap_err().0;
+        let text: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+        assert_eq!(errs.len(), 3, "{text:#?}");
+        assert!(
+            text[0].starts_with("p.yaml:3:1: unknown field `bogus`"),
+            "{text:#?}"
+        );
+        assert!(text[1].contains(":11:14: "), "{text:#?}");
+        assert!(
+            text[2].contains("unknown template variable `device`"),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn an_unset_variable_names_the_variable() {
+        let errs = load_str(Path::new("p.yaml"), "name: ${NOPE}\n", |_| None).unwrap_err();
+        assert_eq!(
+            errs.to_string(),
+            "p.yaml:1:7: environment variable `NOPE` is not set (use `${NOPE:-default}` to give a default)"
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let p = load_text(&GOOD.replace(
+            "client_id: sluice-sensors",
+            "client_id: sluice-sensors\n    username: u\n    password: hunter2",
+        ))
+        .unwrap();
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
+}

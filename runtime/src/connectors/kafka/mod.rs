@@ -1,0 +1,478 @@
+//! Kafka sink (rdkafka): idempotent producer with `acks=all`, topic and key
+//! templates over MQTT metadata, MQTT metadata and user properties as
+//! headers, dead-letter records with `sluice.error.*` headers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::{ConnectorError, Context, DeliveryError, Failure, Sink};
+use crate::config::{template_field, ErrorsConfig, FieldError};
+use crate::message::Message;
+use crate::template::Template;
+
+/// Compression codec for produced batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4 (default: cheap and effective on JSON).
+    #[default]
+    Lz4,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+/// `sink.kafka` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic template (see [`Template`]).
+    pub topic: String,
+    /// Key template; no key when absent.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Compression codec.
+    #[serde(default)]
+    pub compression: Compression,
+    /// How long the producer waits to fill a batch, ms.
+    #[serde(default = "default_linger")]
+    pub linger_ms: u64,
+    /// Largest batch per partition, bytes.
+    #[serde(default)]
+    pub batch_size: Option<u32>,
+    /// How long librdkafka retries one produce before reporting failure
+    /// (the runtime then retries again; the message is never acked
+    /// meanwhile), ms.
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout_ms: u64,
+    /// Add `mqtt.topic`, `mqtt.qos`, `mqtt.retain` (and `content-type`)
+    /// headers.
+    #[serde(default = "default_true")]
+    pub mqtt_headers: bool,
+    /// Extra librdkafka properties, from an allow-list.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_linger() -> u64 {
+    5
+}
+fn default_message_timeout() -> u64 {
+    30_000
+}
+fn default_true() -> bool {
+    true
+}
+
+/// librdkafka properties a pipeline may set. Anything that runs commands,
+/// loads libraries or touches files is not here, nor what the delivery
+/// promise depends on (`acks`, `enable.idempotence`).
+pub const ALLOWED_PROPERTIES: &[&str] = &[
+    "allow.auto.create.topics",
+    "api.version.request",
+    "batch.num.messages",
+    "broker.address.family",
+    "client.rack",
+    "compression.level",
+    "connections.max.idle.ms",
+    "max.in.flight.requests.per.connection",
+    "message.max.bytes",
+    "metadata.max.age.ms",
+    "partitioner",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.messages",
+    "reconnect.backoff.max.ms",
+    "reconnect.backoff.ms",
+    "request.timeout.ms",
+    "retry.backoff.max.ms",
+    "retry.backoff.ms",
+    "socket.keepalive.enable",
+    "socket.receive.buffer.bytes",
+    "socket.send.buffer.bytes",
+    "socket.timeout.ms",
+    "sticky.partitioning.linger.ms",
+    "topic.metadata.refresh.interval.ms",
+];
+
+/// Checks a Kafka topic name (legal characters and length).
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
+        return Err(format!("invalid Kafka topic name `{name}`"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "invalid Kafka topic name `{name}`: character `{c}` is not allowed (use letters, digits, `.`, `_`, `-`)"
+        ));
+    }
+    Ok(())
+}
+
+impl KafkaConfig {
+    /// Checks that need no broker.
+    pub fn check(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if self.brokers.trim().is_empty() {
+            errs.push(FieldError::new("brokers", "brokers must not be empty"));
+        }
+        if let Some(t) = template_field("topic", &self.topic, &mut errs) {
+            if let Some(s) = t.as_static() {
+                if let Err(e) = check_topic_name(s) {
+                    errs.push(FieldError::new("topic", e));
+                }
+            }
+        }
+        if let Some(k) = &self.key {
+            template_field("key", k, &mut errs);
+        }
+        for name in self.properties.keys() {
+            if !ALLOWED_PROPERTIES.contains(&name.as_str()) {
+                let why = match name.as_str() {
+                    "acks" | "enable.idempotence" => {
+                        "is set by sluice to keep the at-least-once promise".to_string()
+                    }
+                    n if n.contains("cmd") || n.contains("library") || n.contains("plugin") => {
+                        "could run commands or load code and is never allowed".to_string()
+                    }
+                    _ => format!(
+                        "is not in the allow-list ({})",
+                        ALLOWED_PROPERTIES.join(", ")
+                    ),
+                };
+                errs.push(FieldError::new(
+                    format!("properties.{name}"),
+                    format!("librdkafka property `{name}` {why}"),
+                ));
+            }
+        }
+        errs
+    }
+}
+
+/// The running Kafka sink.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: Template,
+    key: Option<Template>,
+    dead_letter_topic: Option<String>,
+    mqtt_headers: bool,
+    pipeline: Arc<str>,
+    connected: watch::Receiver<bool>,
+    _probe: tokio::task::JoinHandle<()>,
+}
+
+impl KafkaSink {
+    /// Creates the producer and starts the connectivity probe.
+    pub fn start(
+        cfg: &KafkaConfig,
+        errors: &ErrorsConfig,
+        ctx: &Context,
+    ) -> Result<Self, ConnectorError> {
+        let mut cc = ClientConfig::new();
+        for (k, v) in &cfg.properties {
+            cc.set(k, v);
+        }
+        cc.set("bootstrap.servers", &cfg.brokers)
+            .set("client.id", format!("sluice-{}", ctx.pipeline))
+            .set("compression.type", cfg.compression.as_str())
+            .set("linger.ms", cfg.linger_ms.to_string())
+            .set("message.timeout.ms", cfg.message_timeout_ms.to_string());
+        if ctx.at_least_once {
+            cc.set("enable.idempotence", "true").set("acks", "all");
+        } else {
+            cc.set("acks", "1");
+        }
+        if let Some(b) = cfg.batch_size {
+            cc.set("batch.size", b.to_string());
+        }
+        let producer: FutureProducer = cc
+            .create()
+            .map_err(|e| ConnectorError(format!("cannot create Kafka producer: {e}")))?;
+        let topic = Template::parse(&cfg.topic).map_err(|e| ConnectorError(e.to_string()))?;
+        let key = cfg
+            .key
+            .as_deref()
+            .map(Template::parse)
+            .transpose()
+            .map_err(|e| ConnectorError(e.to_string()))?;
+        let (tx, rx) = watch::channel(false);
+        let probe = tokio::spawn(probe(producer.clone(), tx, ctx.pipeline.clone()));
+        Ok(KafkaSink {
+            producer,
+            topic,
+            key,
+            dead_letter_topic: errors.dead_letter_topic.clone(),
+            mqtt_headers: cfg.mqtt_headers,
+            pipeline: ctx.pipeline.as_str().into(),
+            connected: rx,
+            _probe: probe,
+        })
+    }
+
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        timestamp_ms: u64,
+    ) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .payload(payload)
+            .headers(headers)
+            .timestamp(timestamp_ms as i64);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        match self.producer.send_result(rec) {
+            Ok(fut) => async move {
+                match fut.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(classify(&e)),
+                    Err(_) => Err(DeliveryError {
+                        permanent: false,
+                        message: "producer dropped the delivery report".into(),
+                    }),
+                }
+            }
+            .boxed(),
+            Err((e, _)) => {
+                let err = classify(&e);
+                async move { Err(err) }.boxed()
+            }
+        }
+    }
+}
+
+fn classify(e: &KafkaError) -> DeliveryError {
+    use RDKafkaErrorCode as C;
+    let permanent = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::MessageBatchTooLarge
+                | C::TopicAuthorizationFailed
+                | C::InvalidTopic
+                | C::UnsupportedForMessageFormat
+        )
+    );
+    DeliveryError {
+        permanent,
+        message: e.to_string(),
+    }
+}
+
+fn header_list(h: &[(String, String)], extra: &[(&str, &[u8])]) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(h.len() + extra.len());
+    for (k, v) in h {
+        out = out.insert(Header {
+            key: k,
+            value: Some(v.as_bytes()),
+        });
+    }
+    for (k, v) in extra {
+        out = out.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    out
+}
+
+impl Sink for KafkaSink {
+    fn deliver(&self, msg: &Message) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let topic = match &msg.kafka_topic {
+            Some(t) => t.clone(),
+            None => match self.topic.render(&msg.topic, &self.pipeline) {
+                Ok(t) => t,
+                Err(e) => return permanent(e.to_string()),
+            },
+        };
+        let rendered_key;
+        let key: Option<&[u8]> = match (&msg.key, &self.key) {
+            (Some(k), _) => Some(k),
+            (None, Some(t)) => match t.render(&msg.topic, &self.pipeline) {
+                Ok(k) => {
+                    rendered_key = k;
+                    Some(rendered_key.as_bytes())
+                }
+                Err(e) => return permanent(e.to_string()),
+            },
+            (None, None) => None,
+        };
+        let qos = [b'0' + msg.qos.level()];
+        let mut extra: Vec<(&str, &[u8])> = Vec::new();
+        if self.mqtt_headers {
+            extra.push(("mqtt.topic", msg.topic.as_bytes()));
+            extra.push(("mqtt.qos", &qos));
+            extra.push(("mqtt.retain", if msg.retain { b"true" } else { b"false" }));
+            if let Some(ct) = &msg.content_type {
+                extra.push(("content-type", ct.as_bytes()));
+            }
+        }
+        let headers = header_list(&msg.headers, &extra);
+        self.send(&topic, key, &msg.payload, headers, msg.timestamp_ms)
+    }
+
+    fn dead_letter(
+        &self,
+        msg: &Message,
+        failure: &Failure,
+    ) -> BoxFuture<'static, Result<bool, DeliveryError>> {
+        let Some(topic) = self.dead_letter_topic.clone() else {
+            return async { Ok(false) }.boxed();
+        };
+        let ts = crate::message::now_ms().to_string();
+        let qos = [b'0' + msg.qos.level()];
+        let extra: Vec<(&str, &[u8])> = vec![
+            ("sluice.error.pipeline", self.pipeline.as_bytes()),
+            ("sluice.error.stage", failure.stage.as_bytes()),
+            (
+                "sluice.error.transform",
+                failure.transform.as_deref().unwrap_or("").as_bytes(),
+            ),
+            ("sluice.error.message", failure.reason.as_bytes()),
+            ("sluice.error.mqtt_topic", msg.topic.as_bytes()),
+            ("sluice.error.timestamp", ts.as_bytes()),
+            ("mqtt.qos", &qos),
+        ];
+        let headers = header_list(&msg.headers, &extra);
+        let fut = self.send(
+            &topic,
+            msg.key.as_deref(),
+            &msg.payload,
+            headers,
+            msg.timestamp_ms,
+        );
+        async move { fut.await.map(|_| true) }.boxed()
+    }
+
+    fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
+    fn flush(&self, timeout: Duration) -> BoxFuture<'static, ()> {
+        let p = self.producer.clone();
+        async move {
+            let _ = tokio::task::spawn_blocking(move || p.flush(timeout)).await;
+        }
+        .boxed()
+    }
+}
+
+fn permanent(message: String) -> BoxFuture<'static, Result<(), DeliveryError>> {
+    async move {
+        Err(DeliveryError {
+            permanent: true,
+            message,
+        })
+    }
+    .boxed()
+}
+
+/// Marks the sink connected while broker metadata can be fetched.
+async fn probe(producer: FutureProducer, tx: watch::Sender<bool>, pipeline: String) {
+    let mut was = None;
+    loop {
+        let p = producer.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            p.client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(|m| !m.brokers().is_empty())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if was != Some(ok) {
+            if ok {
+                tracing::info!(pipeline = %pipeline, "Kafka connected");
+            } else {
+                tracing::warn!(pipeline = %pipeline, "Kafka unreachable");
+            }
+            was = Some(ok);
+        }
+        tx.send_replace(ok);
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(if ok { 5 } else { 1 })).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(props: &[(&str, &str)]) -> KafkaConfig {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "telemetry".into(),
+            key: Some("{{topic.1}}".into()),
+            compression: Compression::default(),
+            linger_ms: 5,
+            batch_size: None,
+            message_timeout_ms: 30_000,
+            mqtt_headers: true,
+            properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn dangerous_properties_are_rejected() {
+        assert!(cfg(&[("linger.ms", "1")]).check()[0]
+            .message
+            .contains("allow-list"));
+        let e = cfg(&[("sasl.kerberos.kinit.cmd", "rm -rf /")]).check();
+        assert!(e[0].message.contains("never allowed"), "{e:?}");
+        let e = cfg(&[("plugin.library.paths", "x")]).check();
+        assert!(e[0].message.contains("never allowed"), "{e:?}");
+        assert!(cfg(&[("acks", "0")]).check()[0]
+            .message
+            .contains("at-least-once"));
+        assert!(cfg(&[("message.max.bytes", "2000000")]).check().is_empty());
+    }
+
+    #[test]
+    fn topic_names_are_checked() {
+        assert!(check_topic_name("sluice.dlq").is_ok());
+        assert!(check_topic_name("a/b").is_err());
+        assert!(check_topic_name("").is_err());
+        let mut c = cfg(&[]);
+        c.topic = "bad topic".into();
+        assert_eq!(c.check().len(), 1);
+    }
+}

@@ -1,0 +1,436 @@
+//! The pipeline engine: source → batches → transform chain → sink, with
+//! in-order acks and a bounded in-flight window. It names no connector.
+//!
+//! Flow: the intake task takes a window permit, registers each message with
+//! the ack [`ack::Tracker`] and forms batches; a dedicated thread runs the
+//! Wasm chain; the sink task delivers outputs (retrying transient errors
+//! forever with capped backoff, never acking meanwhile) and settles each
+//! input once its fate is known; settled prefixes are acked in order.
+
+pub mod ack;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::config::{Delivery, Pipeline};
+use crate::connectors::{self, Context, Failure, Inbound, Sink};
+use crate::message::Message;
+use crate::metrics::PipelineMetrics;
+use crate::wasm::chain::{Chain, Outcome};
+use crate::wasm::WasmHost;
+
+/// Life-cycle state of a pipeline, as shown by the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Loading plugins, connecting.
+    Starting,
+    /// Moving messages.
+    Running,
+    /// Start failed; retrying after a backoff.
+    Restarting,
+    /// Draining after a shutdown request.
+    Stopping,
+    /// Done.
+    Stopped,
+}
+
+/// Live status of one pipeline, shared with the HTTP API.
+pub struct Status {
+    /// Pipeline name.
+    pub name: String,
+    state: Mutex<(State, Option<String>)>,
+    mqtt: Mutex<Option<watch::Receiver<bool>>>,
+    kafka: Mutex<Option<watch::Receiver<bool>>>,
+    /// Metrics handles.
+    pub metrics: Arc<PipelineMetrics>,
+}
+
+impl Status {
+    /// A status in `Starting`.
+    pub fn new(name: &str, metrics: Arc<PipelineMetrics>) -> Self {
+        Status {
+            name: name.to_string(),
+            state: Mutex::new((State::Starting, None)),
+            mqtt: Mutex::new(None),
+            kafka: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    fn set(&self, s: State, err: Option<String>) {
+        if let Ok(mut g) = self.state.lock() {
+            if g.0 != s {
+                tracing::info!(pipeline = %self.name, state = ?s, "pipeline state");
+            }
+            *g = (s, err.or_else(|| g.1.take()));
+        }
+    }
+
+    /// Current state and last error.
+    pub fn state(&self) -> (State, Option<String>) {
+        self.state
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or((State::Starting, None))
+    }
+
+    fn flag(w: &Mutex<Option<watch::Receiver<bool>>>) -> bool {
+        w.lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|r| *r.borrow()))
+            .unwrap_or(false)
+    }
+
+    /// Source connected.
+    pub fn source_connected(&self) -> bool {
+        Self::flag(&self.mqtt)
+    }
+
+    /// Sink connected.
+    pub fn sink_connected(&self) -> bool {
+        Self::flag(&self.kafka)
+    }
+
+    /// Running and connected at both ends.
+    pub fn ready(&self) -> bool {
+        self.state().0 == State::Running && self.source_connected() && self.sink_connected()
+    }
+
+    /// JSON view for `/api/v1/pipelines`.
+    pub fn json(&self) -> serde_json::Value {
+        let (state, last_error) = self.state();
+        let m = &self.metrics;
+        serde_json::json!({
+            "name": self.name,
+            "state": state,
+            "last_error": last_error,
+            "source_connected": self.source_connected(),
+            "sink_connected": self.sink_connected(),
+            "ready": self.ready(),
+            "counters": {
+                "received": m.received.get(),
+                "delivered": m.delivered.get(),
+                "in_flight": m.in_flight.get(),
+                "dead_lettered_sink": m.dead_lettered_sink.get(),
+                "dropped": m.transforms.iter().map(|t| (t_name(t), t.dropped.get())).collect::<HashMap<_, _>>(),
+            }
+        })
+    }
+}
+
+fn t_name(t: &crate::metrics::TransformMetrics) -> String {
+    t.name().to_string()
+}
+
+/// Runs a pipeline until `shutdown` turns true, restarting it with capped
+/// backoff when it cannot start.
+pub async fn supervise(
+    pipeline: Pipeline,
+    host: Arc<WasmHost>,
+    status: Arc<Status>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        status.set(State::Starting, None);
+        match run(&pipeline, &host, &status, shutdown.clone()).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(pipeline = %pipeline.name, error = %e, retry_in_s = backoff.as_secs_f32(), "pipeline failed");
+                status.set(State::Restarting, Some(e.clone()));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    status.set(State::Stopped, None);
+}
+
+struct Batch {
+    items: Vec<(u64, Message)>,
+}
+
+struct Done {
+    seq: u64,
+    input: Message,
+    outcome: Outcome,
+}
+
+/// Runs one pipeline until shutdown; returns an error if it cannot start.
+pub async fn run(
+    p: &Pipeline,
+    host: &Arc<WasmHost>,
+    status: &Arc<Status>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let metrics = status.metrics.clone();
+    let at_least_once = p.delivery == Delivery::AtLeastOnce;
+    let ctx = Context {
+        pipeline: p.name.clone(),
+        max_in_flight: p.max_in_flight,
+        at_least_once,
+        metrics: metrics.clone(),
+    };
+
+    // Transform thread: owns the Wasm instances (sync wasmtime calls).
+    let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
+    let (done_tx, mut done_rx) = mpsc::channel::<Vec<Done>>(2);
+    let mut chain = if p.transforms.is_empty() {
+        None
+    } else {
+        let (h, name, ts) = (host.clone(), p.name.clone(), p.transforms.clone());
+        let tm = metrics_for(&metrics);
+        let chain = tokio::task::spawn_blocking(move || Chain::new(&h, &name, &ts, tm))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|(i, e)| format!("transform `{}`: {e}", p.transforms[i].name))?;
+        Some(chain)
+    };
+    let worker = std::thread::Builder::new()
+        .name(format!("sluice-{}", p.name))
+        .spawn(move || {
+            while let Some(batch) = batch_rx.blocking_recv() {
+                let (seqs, msgs): (Vec<u64>, Vec<Message>) = batch.items.into_iter().unzip();
+                let outcomes = match chain.as_mut() {
+                    Some(c) => c.run(&msgs),
+                    None => msgs
+                        .iter()
+                        .map(|m| Outcome::Deliver(vec![m.clone()]))
+                        .collect(),
+                };
+                let done = seqs
+                    .into_iter()
+                    .zip(msgs)
+                    .zip(outcomes)
+                    .map(|((seq, input), outcome)| Done {
+                        seq,
+                        input,
+                        outcome,
+                    })
+                    .collect();
+                if done_tx.blocking_send(done).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start transform thread: {e}"))?;
+
+    let sink = connectors::build_sink(&p.sink, &p.errors, &ctx).map_err(|e| e.to_string())?;
+    *status.kafka.lock().map_err(|e| e.to_string())? = Some(sink.connected());
+    let source = connectors::build_source(&p.source, &ctx).map_err(|e| e.to_string())?;
+    *status.mqtt.lock().map_err(|e| e.to_string())? = Some(source.connected.clone());
+    status.set(State::Running, None);
+
+    let tracker = Arc::new(Mutex::new(ack::Tracker::default()));
+    let window = Arc::new(Semaphore::new(p.max_in_flight));
+    let acker = source.acker.clone();
+    let mut messages = source.messages;
+
+    // Intake: window permit, tracker registration, batching.
+    let intake = {
+        let tracker = tracker.clone();
+        let metrics = metrics.clone();
+        let max = p.batch.max_messages;
+        let wait = Duration::from_millis(p.batch.max_wait_ms);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            'outer: loop {
+                let mut items = Vec::with_capacity(max);
+                let mut deadline = None;
+                while items.len() < max {
+                    let permit = tokio::select! {
+                        biased;
+                        _ = shutdown.wait_for(|s| *s) => break 'outer,
+                        p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
+                    };
+                    let next = tokio::select! {
+                        biased;
+                        _ = shutdown.wait_for(|s| *s) => break 'outer,
+                        m = messages.recv() => m,
+                        _ = sleep_until(deadline), if !items.is_empty() => { drop(permit); break; }
+                    };
+                    let Some(Inbound { msg, token }) = next else {
+                        break 'outer;
+                    };
+                    metrics.received.inc();
+                    metrics.in_flight.inc();
+                    let seq = match tracker.lock() {
+                        Ok(mut t) => t.push(token, Some(permit)),
+                        Err(_) => break 'outer,
+                    };
+                    if deadline.is_none() {
+                        deadline = Some(tokio::time::Instant::now() + wait);
+                    }
+                    items.push((seq, msg));
+                }
+                if !items.is_empty() && batch_tx.send(Batch { items }).await.is_err() {
+                    break;
+                }
+            }
+            // Dropping `batch_tx` lets the chain and the sink drain.
+        })
+    };
+
+    // Sink: deliver outcomes, settle, release acks in order.
+    let sink_task = {
+        let sink = sink.clone();
+        let metrics = metrics.clone();
+        let tracker = tracker.clone();
+        let pipeline = p.name.clone();
+        tokio::spawn(async move {
+            let mut pending = FuturesUnordered::new();
+            let mut released = Vec::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    d = done_rx.recv(), if open => match d {
+                        Some(batch) => for d in batch {
+                            pending.push(settle_one(sink.clone(), metrics.clone(), pipeline.clone(), d));
+                        },
+                        None => open = false,
+                    },
+                    Some(seq) = pending.next() => {
+                        if let Ok(mut t) = tracker.lock() {
+                            t.settle(seq, &mut released);
+                        }
+                        for r in released.drain(..) {
+                            acker.ack(r.token);
+                            metrics.in_flight.dec();
+                            metrics.e2e.observe(r.received.elapsed().as_secs_f64());
+                        }
+                    },
+                    else => break,
+                }
+            }
+        })
+    };
+
+    let _ = shutdown.wait_for(|s| *s).await;
+    status.set(State::Stopping, None);
+    (source.stop_intake)();
+    let _ = intake.await;
+    let drained = tokio::time::timeout(Duration::from_secs(60), sink_task).await;
+    if drained.is_err() {
+        let left = tracker.lock().map(|t| t.len()).unwrap_or(0);
+        tracing::warn!(pipeline = %p.name, un_acked = left, "drain timed out; un-acked messages will be redelivered by the broker");
+    }
+    sink.flush(Duration::from_secs(10)).await;
+    (source.close)().await;
+    let _ = worker.join();
+    Ok(())
+}
+
+fn metrics_for(m: &Arc<PipelineMetrics>) -> Vec<crate::metrics::TransformMetrics> {
+    m.transforms.clone()
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// Delivers one input's outputs (or dead-letters it) and returns its seq
+/// once its fate is settled. Transient errors are retried forever.
+async fn settle_one(
+    sink: Arc<dyn Sink>,
+    metrics: Arc<PipelineMetrics>,
+    pipeline: String,
+    d: Done,
+) -> u64 {
+    let failure = match d.outcome {
+        Outcome::Failed(f) => Some(f),
+        Outcome::Deliver(outs) => {
+            let mut failure = None;
+            for out in &outs {
+                if let Err(e) = deliver_retrying(&*sink, &metrics, &pipeline, out).await {
+                    failure = Some(Failure {
+                        stage: "sink",
+                        transform: None,
+                        reason: e,
+                    });
+                    break;
+                }
+                metrics.delivered.inc();
+            }
+            failure
+        }
+    };
+    if let Some(f) = failure {
+        if f.stage == "sink" {
+            metrics.dead_lettered_sink.inc();
+        }
+        dead_letter_retrying(&*sink, &metrics, &pipeline, &d.input, &f).await;
+    }
+    d.seq
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << attempt.min(8)).min(10_000);
+    let jitter = rand::random_range(0.5..1.0);
+    Duration::from_millis(ms).mul_f64(jitter)
+}
+
+async fn deliver_retrying(
+    sink: &dyn Sink,
+    metrics: &PipelineMetrics,
+    pipeline: &str,
+    m: &Message,
+) -> Result<(), String> {
+    let mut attempt = 0;
+    loop {
+        match sink.deliver(m).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                metrics.produce_errors.inc();
+                if e.permanent {
+                    return Err(e.message);
+                }
+                if attempt % 10 == 0 {
+                    tracing::warn!(pipeline, error = %e, attempt, "delivery failed, retrying");
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn dead_letter_retrying(
+    sink: &dyn Sink,
+    metrics: &PipelineMetrics,
+    pipeline: &str,
+    m: &Message,
+    f: &Failure,
+) {
+    let mut attempt = 0;
+    loop {
+        match sink.dead_letter(m, f).await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::error!(pipeline, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %m.topic, "message failed and no dead_letter_topic is configured: discarded");
+                return;
+            }
+            Err(e) => {
+                metrics.produce_errors.inc();
+                if e.permanent {
+                    tracing::error!(pipeline, error = %e, reason = %f.reason, "dead-letter write rejected permanently: message discarded");
+                    return;
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+        }
+    }
+}

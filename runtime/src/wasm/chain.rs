@@ -1,0 +1,186 @@
+//! A pipeline's transform chain: batches in, one [`Outcome`] per input out.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Instance, Plugin, WasmError, WasmHost};
+use crate::config::TransformConfig;
+use crate::connectors::Failure;
+use crate::message::Message;
+use crate::metrics::TransformMetrics;
+
+/// What became of one input message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Deliver these (none: dropped on purpose by a transform).
+    Deliver(Vec<Message>),
+    /// Failed: send the input down the error path.
+    Failed(Failure),
+}
+
+struct Stage {
+    cfg: TransformConfig,
+    plugin: Arc<Plugin>,
+    instance: Option<Instance>,
+    metrics: Option<TransformMetrics>,
+}
+
+/// The chain of transforms of one pipeline.
+pub struct Chain {
+    pipeline: String,
+    stages: Vec<Stage>,
+}
+
+impl Chain {
+    /// Loads and initialises every transform. `metrics` is one entry per
+    /// transform, in order (empty for `sluice test`, which counts nothing).
+    pub fn new(
+        host: &WasmHost,
+        pipeline: &str,
+        transforms: &[TransformConfig],
+        mut metrics: Vec<TransformMetrics>,
+    ) -> Result<Self, (usize, WasmError)> {
+        let mut stages = Vec::new();
+        metrics.reverse();
+        for (i, t) in transforms.iter().enumerate() {
+            let plugin = host.load(&t.plugin, &t.capabilities).map_err(|e| (i, e))?;
+            let instance = Instance::new(
+                &plugin,
+                pipeline,
+                &t.name,
+                &t.config_json,
+                t.limits,
+                &t.capabilities,
+            )
+            .map_err(|e| (i, e))?;
+            stages.push(Stage {
+                cfg: t.clone(),
+                plugin,
+                instance: Some(instance),
+                metrics: metrics.pop(),
+            });
+        }
+        Ok(Chain {
+            pipeline: pipeline.to_string(),
+            stages,
+        })
+    }
+
+    /// Runs `batch` through every transform.
+    pub fn run(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        let mut failed: Vec<Option<Failure>> = vec![None; batch.len()];
+        // (origin index, message) pairs flowing between stages.
+        let mut current: Vec<(usize, Message)> = batch.iter().cloned().enumerate().collect();
+        for stage in &mut self.stages {
+            if current.is_empty() {
+                break;
+            }
+            let (origins, msgs): (Vec<usize>, Vec<Message>) = current.into_iter().unzip();
+            let started = Instant::now();
+            let result = stage.call(&self.pipeline, &msgs);
+            if let Some(m) = &stage.metrics {
+                m.duration.observe(started.elapsed().as_secs_f64());
+            }
+            let mut next = Vec::with_capacity(msgs.len());
+            match result {
+                Ok(results) => {
+                    for (origin, r) in origins.into_iter().zip(results) {
+                        match r {
+                            Ok(outs) if outs.is_empty() => {
+                                if let Some(m) = &stage.metrics {
+                                    m.dropped.inc();
+                                }
+                            }
+                            Ok(outs) => next.extend(outs.into_iter().map(|o| (origin, o))),
+                            Err(reason) => {
+                                failed[origin].get_or_insert(Failure {
+                                    stage: "transform",
+                                    transform: Some(stage.cfg.name.clone()),
+                                    reason,
+                                });
+                            }
+                        }
+                    }
+                }
+                Err(reason) => {
+                    for origin in origins {
+                        failed[origin].get_or_insert(Failure {
+                            stage: "transform",
+                            transform: Some(stage.cfg.name.clone()),
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+            }
+            current = next;
+        }
+        let mut outs: Vec<Vec<Message>> = vec![Vec::new(); batch.len()];
+        for (origin, m) in current {
+            outs[origin].push(m);
+        }
+        failed
+            .into_iter()
+            .zip(outs)
+            .enumerate()
+            .map(|(i, (f, o))| match f {
+                Some(f) => {
+                    if let Some(stage) = self
+                        .stages
+                        .iter()
+                        .find(|s| Some(&s.cfg.name) == f.transform.as_ref())
+                    {
+                        if let Some(m) = &stage.metrics {
+                            m.dead_lettered.inc();
+                        }
+                    }
+                    let _ = i;
+                    Outcome::Failed(f)
+                }
+                None => Outcome::Deliver(o),
+            })
+            .collect()
+    }
+}
+
+impl Stage {
+    /// Calls the plugin; on a trap or invalid result the instance is
+    /// dropped and recreated for the next batch.
+    fn call(
+        &mut self,
+        pipeline: &str,
+        msgs: &[Message],
+    ) -> Result<Vec<Result<Vec<Message>, String>>, String> {
+        if self.instance.is_none() {
+            match Instance::new(
+                &self.plugin,
+                pipeline,
+                &self.cfg.name,
+                &self.cfg.config_json,
+                self.cfg.limits,
+                &self.cfg.capabilities,
+            ) {
+                Ok(i) => self.instance = Some(i),
+                Err(e) => {
+                    return Err(format!(
+                        "transform `{}` could not be restarted: {e}",
+                        self.cfg.name
+                    ))
+                }
+            }
+        }
+        let Some(inst) = self.instance.as_mut() else {
+            return Err("no instance".into());
+        };
+        match inst.process(msgs) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if let Some(m) = &self.metrics {
+                    m.trap(e.kind);
+                }
+                tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, batch = msgs.len(), "plugin call failed; recreating the instance");
+                self.instance = None;
+                Err(e.reason)
+            }
+        }
+    }
+}

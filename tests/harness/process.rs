@@ -1,0 +1,189 @@
+//! Child processes that are always stopped: on drop, and so also when a test
+//! panics.
+
+use std::fs::File;
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::wait::{deadline, wait_for};
+
+/// A free TCP port on 127.0.0.1 (bound once by the OS, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("no free loopback port")
+        .port()
+}
+
+/// True when something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_is_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// True when a process with this pid exists (a zombie counts as gone once
+/// it has been waited for).
+pub fn pid_is_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The last `lines` lines of a text file (empty if it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A spawned child process whose stdout and stderr go to files. Dropping it
+/// sends SIGTERM, waits up to its grace period, then SIGKILLs and reaps it.
+#[derive(Debug)]
+pub struct ChildProcess {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+    grace: Duration,
+    status: Option<ExitStatus>,
+}
+
+impl ChildProcess {
+    /// Spawns `command` with stdin closed, stdout to `<dir>/<name>.stdout`
+    /// and stderr to `<dir>/<name>.stderr` (appended to, so a restarted
+    /// process keeps the earlier lines). `grace` is how long a SIGTERM gets
+    /// before SIGKILL.
+    pub fn spawn(
+        name: &str,
+        mut command: Command,
+        dir: &Path,
+        grace: Duration,
+    ) -> io::Result<ChildProcess> {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        let open = |path: &Path| File::options().create(true).append(true).open(path);
+        command
+            .stdin(Stdio::null())
+            .stdout(open(&stdout)?)
+            .stderr(open(&stderr)?);
+        let child = command.spawn().map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot start {name} ({:?}): {err}", command.get_program()),
+            )
+        })?;
+        Ok(ChildProcess {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+            grace,
+            status: None,
+        })
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The file that receives the child's stderr.
+    pub fn stderr_path(&self) -> &Path {
+        &self.stderr
+    }
+
+    /// The file that receives the child's stdout.
+    pub fn stdout_path(&self) -> &Path {
+        &self.stdout
+    }
+
+    /// `Some(status)` once the child has exited (reaping it), else `None`.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Sends a signal (e.g. `libc::SIGTERM`) unless the child already exited.
+    pub fn signal(&mut self, signal: i32) {
+        if self.exit_status().is_none() {
+            // SAFETY: kill(2) has no memory-safety preconditions; the pid is
+            // our own child and has not been reaped (exit_status is None).
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// SIGKILL now (no clean-up in the child, like a crash), and reap.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        self.wait()
+    }
+
+    /// SIGTERM, then SIGKILL if the child is still running after `grace`.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let grace = self.grace;
+        if let Some(status) = wait_for(deadline(grace), || self.exit_status()) {
+            return status;
+        }
+        eprintln!(
+            "harness: {} (pid {}) still running {grace:?} after SIGTERM: SIGKILL",
+            self.name,
+            self.pid()
+        );
+        self.kill()
+    }
+
+    /// Blocks until the child exits.
+    pub fn wait(&mut self) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let status = self.child.wait().expect("wait for child process");
+        self.status = Some(status);
+        status
+    }
+
+    /// The last `lines` lines of the child's stdout and stderr, labelled.
+    pub fn output_tail(&self, lines: usize) -> String {
+        format!(
+            "---- {name} stdout ({stdout}) ----\n{out}\n---- {name} stderr ({stderr}) ----\n{err}\n----",
+            name = self.name,
+            stdout = self.stdout.display(),
+            stderr = self.stderr.display(),
+            out = tail(&self.stdout, lines),
+            err = tail(&self.stderr, lines),
+        )
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let running = self.exit_status().is_none();
+        if running {
+            self.stop();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.output_tail(40));
+        }
+    }
+}
+
+/// The first executable file called `name` in a folder of `$PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .map(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}

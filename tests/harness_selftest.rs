@@ -1,0 +1,186 @@
+//! Checks the harness itself against the real brokers, independently of the
+//! `sluice` binary: brokers start and stop, Kafka round-trips, MQTT
+//! round-trips in both protocol versions.
+
+use std::time::{Duration, Instant};
+
+use sluice_tests::*;
+
+#[test]
+fn mosquitto_round_trips_messages_and_is_stopped_on_drop() {
+    let started = Instant::now();
+    let mut mqtt = Mosquitto::start();
+    let (pid, port) = (mqtt.pid(), mqtt.port());
+    assert!(port_is_open(port));
+    println!("mosquitto up on {} in {:?}", mqtt.url(), started.elapsed());
+
+    for (protocol, qos) in [(Protocol::V311, 1), (Protocol::V5, 2), (Protocol::V5, 0)] {
+        let subscriber = MqttSubscriber::start(&mqtt.url(), protocol, "selftest/#", 2);
+        let messages: Vec<_> = (0..5)
+            .map(|i| {
+                MqttMessage::new(format!("selftest/{protocol:?}/{i}"), format!("m{i}"))
+                    .with_property("origin", "selftest")
+            })
+            .collect();
+        let report = publish(&mqtt.url(), protocol, qos, &messages);
+        assert_eq!(report.sent, 5);
+        let received = subscriber.wait_for(5, Duration::from_secs(10));
+        assert_eq!(received.len(), 5, "{protocol:?} QoS {qos}: {received:?}");
+        assert_eq!(received[3].payload, b"m3");
+        if protocol == Protocol::V5 {
+            assert_eq!(
+                received[0].user_properties,
+                vec![("origin".to_owned(), "selftest".to_owned())]
+            );
+        }
+    }
+
+    // A restart keeps the port.
+    mqtt.restart();
+    assert_eq!(mqtt.port(), port);
+    assert_ne!(mqtt.pid(), pid);
+    let subscriber = MqttSubscriber::start(&mqtt.url(), Protocol::V5, "again", 1);
+    publish(
+        &mqtt.url(),
+        Protocol::V5,
+        1,
+        &[MqttMessage::new("again", "x")],
+    );
+    assert_eq!(subscriber.wait_for(1, Duration::from_secs(10)).len(), 1);
+    drop(subscriber);
+
+    let pid = mqtt.pid();
+    drop(mqtt);
+    assert!(
+        !pid_is_alive(pid),
+        "mosquitto pid {pid} still alive after drop"
+    );
+    assert!(!port_is_open(port), "port {port} still open after drop");
+}
+
+#[test]
+fn bulk_publish_delivers_every_message_at_qos_1() {
+    let mqtt = Mosquitto::start();
+    let subscriber = MqttSubscriber::start(&mqtt.url(), Protocol::V311, "bulk/#", 1);
+    let count = 5_000;
+    let report = publish_bulk(&mqtt.url(), Protocol::V311, 1, count, |i| {
+        MqttMessage::new(format!("bulk/{}", i % 50), format!("{{\"seq\":{i}}}"))
+    });
+    println!("published {} in {:?}", report.sent, report.elapsed);
+    let received = subscriber.wait_for(count, Duration::from_secs(30));
+    assert_eq!(received.len(), count);
+}
+
+#[test]
+fn tansu_round_trips_records_with_keys_and_headers_and_is_stopped_on_drop() {
+    let started = Instant::now();
+    let kafka = Tansu::start();
+    println!("tansu up on {} in {:?}", kafka.brokers(), started.elapsed());
+    let (pid, port) = (kafka.pid(), kafka.port());
+
+    kafka.create_topic("selftest", 3);
+    kafka.create_topic("selftest", 3); // idempotent
+
+    let messages: Vec<KafkaMessage> = (0..30)
+        .map(|i| KafkaMessage {
+            key: Some(format!("k{}", i % 4).into_bytes()),
+            payload: format!("{{\"seq\":{i}}}").into_bytes(),
+            headers: vec![("h".to_owned(), b"v".to_vec())],
+        })
+        .collect();
+    let offsets = produce(&kafka.brokers(), "selftest", &messages);
+    assert_eq!(offsets.len(), 30);
+
+    let read_started = Instant::now();
+    let records = consume(&kafka.brokers(), "selftest", 30, Duration::from_secs(30));
+    println!(
+        "read back {} records in {:?}",
+        records.len(),
+        read_started.elapsed()
+    );
+    assert_eq!(records.len(), 30, "{records:?}");
+    let partitions = count_by(&records, |record| record.partition);
+    assert!(
+        partitions.len() > 1,
+        "keys spread over partitions: {partitions:?}"
+    );
+    let mut seqs: Vec<i64> = records
+        .iter()
+        .map(|record| record.json()["seq"].as_i64().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..30).collect::<Vec<_>>());
+    let record = &records[0];
+    assert_eq!(record.header_str("h").as_deref(), Some("v"));
+    assert!(record.key_str().unwrap().starts_with('k'));
+    assert!(record.timestamp.is_some());
+    // Same key, same partition.
+    for key in ["k0", "k1", "k2", "k3"] {
+        let keyed = count_by(
+            &records
+                .iter()
+                .filter(|r| r.key_str().as_deref() == Some(key))
+                .cloned()
+                .collect::<Vec<_>>(),
+            |r| r.partition,
+        );
+        assert_eq!(keyed.len(), 1, "{key} on one partition: {keyed:?}");
+    }
+
+    // A topic that does not exist (yet) reads as empty, without error.
+    let none = consume_with_grace(
+        &kafka.brokers(),
+        "does-not-exist",
+        1,
+        Duration::from_secs(2),
+        Duration::ZERO,
+    );
+    assert!(none.is_empty());
+
+    drop(kafka);
+    assert!(!pid_is_alive(pid), "tansu pid {pid} still alive after drop");
+    assert!(!port_is_open(port), "port {port} still open after drop");
+}
+
+#[test]
+fn brokers_are_stopped_when_a_test_panics() {
+    let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&pids);
+    let result = std::thread::spawn(move || {
+        let mqtt = Mosquitto::start();
+        let kafka = Tansu::start();
+        seen.lock()
+            .unwrap()
+            .extend([(mqtt.pid(), mqtt.port()), (kafka.pid(), kafka.port())]);
+        panic!("deliberate panic with brokers running");
+    })
+    .join();
+    assert!(result.is_err());
+    for (pid, port) in pids.lock().unwrap().iter() {
+        assert!(!pid_is_alive(*pid), "pid {pid} survived the panic");
+        assert!(
+            !port_is_open(*port),
+            "port {port} still open after the panic"
+        );
+    }
+}
+
+#[test]
+fn wait_until_polls_until_the_deadline() {
+    let started = Instant::now();
+    let mut calls = 0;
+    assert!(!wait_until(deadline(Duration::from_millis(100)), || {
+        calls += 1;
+        false
+    }));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert!(calls > 1);
+    let mut n = 0;
+    assert_eq!(
+        wait_for(deadline(Duration::from_secs(5)), || {
+            n += 1;
+            (n == 3).then_some(n)
+        }),
+        Some(3)
+    );
+}
