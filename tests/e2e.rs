@@ -1,1 +1,968 @@
+//! End-to-end tests: real mosquitto -> the `sluice` binary (real Wasm
+//! plugins) -> real Kafka-protocol broker (tansu). Each test starts its own
+//! brokers and its own sluice, and everything is stopped when the test ends.
+//!
+//! Pipeline YAML in these tests is written with placeholders that
+//! [`render`] fills in: `@MQTT@` (broker URL), `@KAFKA@` (bootstrap
+//! servers) and `@json_map@`, `@json_filter@`, `@json_split@` (absolute
+//! plugin paths).
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sluice_tests::*;
+
+/// How long a small test waits for its records to show up in Kafka.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a test keeps reading after the expected records arrived, to see
+/// that nothing else comes.
+const QUIET_PERIOD: Duration = Duration::from_secs(3);
+
+/// Fills in the placeholders of a pipeline template.
+fn render(template: &str, mqtt: &Mosquitto, kafka: &Tansu) -> String {
+    let mut yaml = template
+        .replace("@MQTT@", &mqtt.url())
+        .replace("@KAFKA@", &kafka.brokers());
+    for name in ["json_map", "json_filter", "json_split"] {
+        let placeholder = format!("@{name}@");
+        if yaml.contains(&placeholder) {
+            yaml = yaml.replace(&placeholder, &plugin(name).display().to_string());
+        }
+    }
+    yaml
+}
+
+/// The JSON field `seq` of every record, sorted.
+fn seqs(records: &[Record]) -> Vec<i64> {
+    let mut seqs: Vec<i64> = records
+        .iter()
+        .map(|record| {
+            record.json()["seq"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("no integer seq in {}", record.payload_str()))
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// Delivery accounting for `sent` messages numbered `0..sent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    sent: usize,
+    delivered: usize,
+    missing: usize,
+    duplicates: usize,
+    unexpected: usize,
+}
+
+impl Tally {
+    fn new(sent: usize) -> Tally {
+        Tally {
+            sent,
+            delivered: 0,
+            missing: sent,
+            duplicates: 0,
+            unexpected: 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {}, delivered {}, missing {}, duplicates {}",
+            self.sent, self.delivered, self.missing, self.duplicates
+        )?;
+        if self.unexpected > 0 {
+            write!(f, ", out of range {}", self.unexpected)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts, incrementally, how often each sequence number `0..sent` was seen.
+struct SeqCounter {
+    counts: Vec<u32>,
+    tally: Tally,
+}
+
+impl SeqCounter {
+    fn new(sent: usize) -> SeqCounter {
+        SeqCounter {
+            counts: vec![0; sent],
+            tally: Tally::new(sent),
+        }
+    }
+
+    fn add(&mut self, seq: i64) {
+        match usize::try_from(seq).ok().filter(|&s| s < self.counts.len()) {
+            Some(seq) => {
+                self.counts[seq] += 1;
+                if self.counts[seq] == 1 {
+                    self.tally.delivered += 1;
+                    self.tally.missing -= 1;
+                } else {
+                    self.tally.duplicates += 1;
+                }
+            }
+            None => self.tally.unexpected += 1,
+        }
+    }
+
+    fn first_missing(&self, n: usize) -> Vec<usize> {
+        (0..self.counts.len())
+            .filter(|&seq| self.counts[seq] == 0)
+            .take(n)
+            .collect()
+    }
+}
+
+/// Counts the records of `reader` not yet counted (from `*counted` on).
+fn count_new(
+    reader: &TopicReader,
+    counter: &mut SeqCounter,
+    counted: &mut usize,
+    seq_of: &mut impl FnMut(&Record) -> i64,
+) {
+    for record in &reader.records()[*counted..] {
+        counter.add(seq_of(record));
+    }
+    *counted = reader.records().len();
+}
+
+/// Reads `reader` until every sequence number of `counter` was seen or
+/// `until` passes, then for a quiet period, counting each record once;
+/// `seq_of` extracts the number from a record. Returns the final tally.
+fn read_all_seqs(
+    reader: &mut TopicReader,
+    counter: &mut SeqCounter,
+    counted: &mut usize,
+    until: Instant,
+    mut seq_of: impl FnMut(&Record) -> i64,
+) -> Tally {
+    loop {
+        count_new(reader, counter, counted, &mut seq_of);
+        if counter.tally.missing == 0 || Instant::now() >= until {
+            break;
+        }
+        let target = reader.records().len() + 1;
+        reader.read_until(target, until.min(deadline(Duration::from_secs(1))));
+    }
+    reader.poll_for(QUIET_PERIOD);
+    count_new(reader, counter, counted, &mut seq_of);
+    counter.tally
+}
+
+fn assert_close(actual: &Value, expected: f64, what: &str) {
+    let actual = actual
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: expected a number, got {actual}"));
+    assert!(
+        (actual - expected).abs() < 0.01,
+        "{what}: expected {expected}, got {actual}"
+    );
+}
+
+#[test]
+fn messages_on_several_topics_arrive_in_kafka_mapped_with_templated_topic_key_and_headers() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("sensors.telemetry", 2);
+    kafka.create_topic("sensors.diagnostics", 1);
+    kafka.create_topic("map.dlq", 1);
+    let _sluice = Sluice::start(&[render(
+        r#"
+apiVersion: sluice/v1
+name: map
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-map
+    protocol: v5
+    session_expiry_secs: 3600
+    topics:
+      - filter: sensors/+/+
+        qos: 1
+transforms:
+  - name: normalise
+    plugin: @json_map@
+    config:
+      from_topic: { device_id: 1 }
+      convert: { temperature: f_to_c }
+      round: 2
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: "sensors.{{topic.2}}"
+    key: "{{topic.1}}"
+errors:
+  dead_letter_topic: map.dlq
+"#,
+        &mqtt,
+        &kafka,
+    )]);
+
+    // (topic, temperature in °F, expected °C)
+    let readings = [
+        ("sensors/dev-1/telemetry", 212.0, 100.0),
+        ("sensors/dev-2/telemetry", 32.0, 0.0),
+        ("sensors/dev-3/diagnostics", 98.6, 37.0),
+    ];
+    let messages: Vec<MqttMessage> = readings
+        .iter()
+        .enumerate()
+        .map(|(seq, (topic, fahrenheit, _))| {
+            MqttMessage::new(
+                *topic,
+                json!({ "seq": seq, "temperature": fahrenheit }).to_string(),
+            )
+            .with_property("site", "plant-7")
+        })
+        .collect();
+    publish(&mqtt.url(), Protocol::V5, 1, &messages);
+
+    let mut records = consume(&kafka.brokers(), "sensors.telemetry", 2, DELIVERY_TIMEOUT);
+    records.extend(consume(
+        &kafka.brokers(),
+        "sensors.diagnostics",
+        1,
+        DELIVERY_TIMEOUT,
+    ));
+    assert_eq!(records.len(), 3, "records: {records:#?}");
+    for (seq, (mqtt_topic, _, celsius)) in readings.iter().enumerate() {
+        let record = records
+            .iter()
+            .find(|record| record.json()["seq"] == json!(seq))
+            .unwrap_or_else(|| panic!("no record for {mqtt_topic} in {records:#?}"));
+        let device = mqtt_topic.split('/').nth(1).unwrap();
+        let kind = mqtt_topic.split('/').nth(2).unwrap();
+        let payload = record.json();
+        assert_eq!(record.topic, format!("sensors.{kind}"));
+        assert_eq!(record.key_str().as_deref(), Some(device), "key of {record:?}");
+        assert_eq!(payload["device_id"], json!(device), "payload {payload}");
+        assert_close(&payload["temperature"], *celsius, mqtt_topic);
+        assert_eq!(record.header_str("site").as_deref(), Some("plant-7"));
+        assert_eq!(
+            record.header_str("mqtt.topic").as_deref(),
+            Some(*mqtt_topic)
+        );
+        assert_eq!(record.header_str("mqtt.qos").as_deref(), Some("1"));
+        assert_eq!(record.header_str("mqtt.retain").as_deref(), Some("false"));
+    }
+    let dead = consume(&kafka.brokers(), "map.dlq", 0, Duration::ZERO);
+    assert!(dead.is_empty(), "nothing should be dead-lettered: {dead:#?}");
+}
+
+#[test]
+fn a_json_filter_keeps_only_the_matching_messages() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("hot", 1);
+    let sluice = Sluice::start(&[render(
+        r#"
+apiVersion: sluice/v1
+name: filter
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-filter
+    topics:
+      - filter: sensors/+/telemetry
+        qos: 1
+transforms:
+  - name: only-hot
+    plugin: @json_filter@
+    config: { field: temperature, op: gt, value: 30 }
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: hot
+errors:
+  dead_letter_topic: filter.dlq
+"#,
+        &mqtt,
+        &kafka,
+    )]);
+
+    // Temperatures 25..=34: 31, 32, 33 and 34 are hot (seq 6..=9).
+    let messages: Vec<MqttMessage> = (0..10)
+        .map(|seq| {
+            MqttMessage::new(
+                format!("sensors/dev-{seq}/telemetry"),
+                json!({ "seq": seq, "temperature": 25 + seq }).to_string(),
+            )
+        })
+        .collect();
+    publish(&mqtt.url(), Protocol::V5, 1, &messages);
+
+    let records = consume_with_grace(&kafka.brokers(), "hot", 4, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    assert_eq!(seqs(&records), vec![6, 7, 8, 9], "records: {records:#?}");
+    let dropped = wait_for(deadline(Duration::from_secs(10)), || {
+        sluice
+            .metric(
+                "sluice_messages_dropped_total",
+                &[("pipeline", "filter"), ("transform", "only-hot")],
+            )
+            .filter(|&dropped| dropped >= 6.0)
+    });
+    assert_eq!(
+        dropped,
+        Some(6.0),
+        "sluice_messages_dropped_total in:\n{}",
+        sluice.metrics()
+    );
+}
+
+#[test]
+fn json_split_turns_one_message_into_one_record_per_element() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("readings", 2);
+    let _sluice = Sluice::start(&[render(
+        r#"
+apiVersion: sluice/v1
+name: split
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-split
+    topics:
+      - filter: gateways/+/batch
+        qos: 1
+transforms:
+  - name: one-per-reading
+    plugin: @json_split@
+    config: { field: readings, inherit: [gateway, ts], key_field: sensor }
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: readings
+errors:
+  dead_letter_topic: split.dlq
+"#,
+        &mqtt,
+        &kafka,
+    )]);
+
+    let sensors = ["t1", "t2", "t3", "h1", "h2"];
+    let readings: Vec<Value> = sensors
+        .iter()
+        .enumerate()
+        .map(|(i, sensor)| json!({ "sensor": sensor, "value": i }))
+        .collect();
+    let batch = json!({ "gateway": "gw-1", "ts": 1_700_000_000_000_u64, "readings": readings });
+    publish(
+        &mqtt.url(),
+        Protocol::V5,
+        1,
+        &[MqttMessage::new("gateways/gw-1/batch", batch.to_string())],
+    );
+
+    let records = consume_with_grace(
+        &kafka.brokers(),
+        "readings",
+        sensors.len(),
+        DELIVERY_TIMEOUT,
+        QUIET_PERIOD,
+    );
+    assert_eq!(records.len(), sensors.len(), "records: {records:#?}");
+    let by_sensor: BTreeMap<String, Value> = records
+        .iter()
+        .map(|record| (record.key_str().unwrap_or_default(), record.json()))
+        .collect();
+    assert_eq!(
+        by_sensor.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        sensors.iter().copied().collect::<BTreeSet<_>>(),
+        "one record per element, keyed by sensor"
+    );
+    for (i, sensor) in sensors.iter().enumerate() {
+        let payload = &by_sensor[*sensor];
+        assert_eq!(
+            payload,
+            &json!({ "gateway": "gw-1", "ts": 1_700_000_000_000_u64, "sensor": sensor, "value": i })
+        );
+    }
+    for record in &records {
+        assert_eq!(
+            record.header_str("mqtt.topic").as_deref(),
+            Some("gateways/gw-1/batch")
+        );
+    }
+}
+
+#[test]
+fn two_pipelines_in_one_process_each_deliver_to_their_own_topic() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("out-a", 1);
+    kafka.create_topic("out-b", 1);
+    let pipeline_a = render(
+        r#"
+apiVersion: sluice/v1
+name: site-a
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-site-a
+    topics:
+      - filter: site-a/#
+        qos: 1
+transforms:
+  - name: tag
+    plugin: @json_map@
+    config: { add: { pipeline: a } }
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: out-a
+errors:
+  dead_letter_topic: site-a.dlq
+"#,
+        &mqtt,
+        &kafka,
+    );
+    let pipeline_b = render(
+        r#"
+apiVersion: sluice/v1
+name: site-b
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-site-b
+    topics:
+      - filter: site-b/#
+        qos: 1
+transforms: []
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: out-b
+errors:
+  dead_letter_topic: site-b.dlq
+"#,
+        &mqtt,
+        &kafka,
+    );
+    let _sluice = Sluice::start(&[pipeline_a, pipeline_b]);
+
+    let mut messages = Vec::new();
+    for seq in 0..5 {
+        messages.push(MqttMessage::new(
+            format!("site-a/dev-{seq}/telemetry"),
+            json!({ "seq": seq }).to_string(),
+        ));
+    }
+    for seq in 0..7 {
+        messages.push(MqttMessage::new(
+            format!("site-b/dev-{seq}/telemetry"),
+            json!({ "seq": seq }).to_string(),
+        ));
+    }
+    publish(&mqtt.url(), Protocol::V5, 1, &messages);
+
+    let a = consume_with_grace(&kafka.brokers(), "out-a", 5, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    let b = consume_with_grace(&kafka.brokers(), "out-b", 7, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    assert_eq!(seqs(&a), (0..5).collect::<Vec<_>>(), "out-a: {a:#?}");
+    assert_eq!(seqs(&b), (0..7).collect::<Vec<_>>(), "out-b: {b:#?}");
+    for record in &a {
+        assert_eq!(record.json()["pipeline"], json!("a"));
+        assert!(record.header_str("mqtt.topic").unwrap().starts_with("site-a/"));
+    }
+    for record in &b {
+        assert_eq!(record.json().get("pipeline"), None, "b has no transform");
+        assert!(record.header_str("mqtt.topic").unwrap().starts_with("site-b/"));
+    }
+}
+
+#[test]
+fn mqtt_v3_1_1_and_v5_sources_both_deliver() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("from-v311", 1);
+    kafka.create_topic("from-v5", 1);
+    let v311 = render(
+        r#"
+apiVersion: sluice/v1
+name: proto-v311
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-proto-v311
+    protocol: v3.1.1
+    keep_alive_secs: 30
+    topics:
+      - filter: v311/#
+        qos: 1
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: from-v311
+"#,
+        &mqtt,
+        &kafka,
+    );
+    let v5 = render(
+        r#"
+apiVersion: sluice/v1
+name: proto-v5
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-proto-v5
+    protocol: v5
+    session_expiry_secs: 3600
+    keep_alive_secs: 30
+    topics:
+      - filter: v5/#
+        qos: 1
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: from-v5
+"#,
+        &mqtt,
+        &kafka,
+    );
+    let _sluice = Sluice::start(&[v311, v5]);
+
+    let old: Vec<MqttMessage> = (0..3)
+        .map(|seq| MqttMessage::new(format!("v311/dev-{seq}"), json!({ "seq": seq }).to_string()))
+        .collect();
+    publish(&mqtt.url(), Protocol::V311, 1, &old);
+    let new: Vec<MqttMessage> = (0..3)
+        .map(|seq| {
+            MqttMessage::new(format!("v5/dev-{seq}"), json!({ "seq": seq }).to_string())
+                .with_property("firmware", "2.1")
+        })
+        .collect();
+    publish(&mqtt.url(), Protocol::V5, 1, &new);
+
+    let from_v311 =
+        consume_with_grace(&kafka.brokers(), "from-v311", 3, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    let from_v5 = consume_with_grace(&kafka.brokers(), "from-v5", 3, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    assert_eq!(seqs(&from_v311), vec![0, 1, 2], "{from_v311:#?}");
+    assert_eq!(seqs(&from_v5), vec![0, 1, 2], "{from_v5:#?}");
+    for record in from_v311.iter().chain(&from_v5) {
+        let topic = record.header_str("mqtt.topic").expect("mqtt.topic header");
+        let seq = record.json()["seq"].as_i64().unwrap();
+        assert!(topic.ends_with(&format!("/dev-{seq}")), "{record:?}");
+    }
+    for record in &from_v5 {
+        assert_eq!(record.header_str("firmware").as_deref(), Some("2.1"));
+    }
+}
+
+#[test]
+fn qos_0_1_and_2_subscriptions_all_deliver() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("by-qos", 1);
+    // QoS 0 cannot be acked, so it runs in an at-most-once pipeline; QoS 1
+    // and 2 in the default at-least-once one.
+    let acked = render(
+        r#"
+apiVersion: sluice/v1
+name: qos-acked
+delivery: at-least-once
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-qos-acked
+    topics:
+      - filter: q1/#
+        qos: 1
+      - filter: q2/#
+        qos: 2
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: by-qos
+    key: "{{topic.0}}"
+"#,
+        &mqtt,
+        &kafka,
+    );
+    let fire_and_forget = render(
+        r#"
+apiVersion: sluice/v1
+name: qos-zero
+delivery: at-most-once
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-qos-zero
+    topics:
+      - filter: q0/#
+        qos: 0
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: by-qos
+    key: "{{topic.0}}"
+"#,
+        &mqtt,
+        &kafka,
+    );
+    let _sluice = Sluice::start(&[acked, fire_and_forget]);
+
+    for qos in 0..=2u8 {
+        let messages: Vec<MqttMessage> = (0..5)
+            .map(|i| {
+                MqttMessage::new(
+                    format!("q{qos}/dev-{i}"),
+                    json!({ "seq": i, "qos": qos }).to_string(),
+                )
+            })
+            .collect();
+        publish(&mqtt.url(), Protocol::V5, qos, &messages);
+    }
+
+    let records =
+        consume_with_grace(&kafka.brokers(), "by-qos", 15, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    assert_eq!(records.len(), 15, "records: {records:#?}");
+    for qos in 0..=2u8 {
+        let at_qos: Vec<Record> = records
+            .iter()
+            .filter(|record| record.key_str() == Some(format!("q{qos}")))
+            .cloned()
+            .collect();
+        assert_eq!(seqs(&at_qos), vec![0, 1, 2, 3, 4], "QoS {qos}: {at_qos:#?}");
+        for record in &at_qos {
+            assert_eq!(record.json()["qos"], json!(qos));
+            assert_eq!(
+                record.header_str("mqtt.qos"),
+                Some(qos.to_string()),
+                "{record:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_transform_error_goes_to_the_dead_letter_topic_while_good_messages_continue() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("clean", 1);
+    kafka.create_topic("dlq.test", 1);
+    let sluice = Sluice::start(&[render(
+        r#"
+apiVersion: sluice/v1
+name: dlq
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-dlq
+    topics:
+      - filter: sensors/+/telemetry
+        qos: 1
+transforms:
+  - name: positive-only
+    plugin: @json_filter@
+    config: { field: temperature, op: gt, value: 0 }
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: clean
+errors:
+  dead_letter_topic: dlq.test
+"#,
+        &mqtt,
+        &kafka,
+    )]);
+
+    let bad_1 = b"this is not json".to_vec();
+    let bad_2 = br#"{"seq": 3, "temperature": 2"#.to_vec();
+    let messages = vec![
+        MqttMessage::new("sensors/dev-0/telemetry", r#"{"seq":0,"temperature":21}"#),
+        MqttMessage::new("sensors/dev-1/telemetry", bad_1.clone()).with_property("trace", "b1"),
+        MqttMessage::new("sensors/dev-2/telemetry", r#"{"seq":2,"temperature":22}"#),
+        MqttMessage::new("sensors/dev-3/telemetry", bad_2.clone()).with_property("trace", "b2"),
+        MqttMessage::new("sensors/dev-4/telemetry", r#"{"seq":4,"temperature":23}"#),
+        MqttMessage::new("sensors/dev-5/telemetry", r#"{"seq":5,"temperature":24}"#),
+    ];
+    publish(&mqtt.url(), Protocol::V5, 1, &messages);
+
+    let good = consume_with_grace(&kafka.brokers(), "clean", 4, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    assert_eq!(seqs(&good), vec![0, 2, 4, 5], "good records: {good:#?}");
+    let mut dead =
+        consume_with_grace(&kafka.brokers(), "dlq.test", 2, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    assert_eq!(dead.len(), 2, "dead letters: {dead:#?}");
+    dead.sort_by_key(|record| record.header_str("sluice.error.mqtt_topic"));
+    for (record, (topic, payload, trace)) in dead.iter().zip([
+        ("sensors/dev-1/telemetry", &bad_1, "b1"),
+        ("sensors/dev-3/telemetry", &bad_2, "b2"),
+    ]) {
+        assert_eq!(&record.payload, payload, "original payload kept");
+        assert_eq!(
+            record.header_str("sluice.error.stage").as_deref(),
+            Some("transform")
+        );
+        assert_eq!(
+            record.header_str("sluice.error.transform").as_deref(),
+            Some("positive-only")
+        );
+        assert_eq!(
+            record.header_str("sluice.error.mqtt_topic").as_deref(),
+            Some(topic)
+        );
+        let message = record
+            .header_str("sluice.error.message")
+            .unwrap_or_default();
+        assert!(
+            message.to_ascii_lowercase().contains("json"),
+            "error message names the problem: {message:?}"
+        );
+        assert_eq!(record.header_str("trace").as_deref(), Some(trace));
+    }
+    let dead_lettered = wait_for(deadline(Duration::from_secs(10)), || {
+        sluice
+            .metric(
+                "sluice_messages_dead_lettered_total",
+                &[("pipeline", "dlq"), ("stage", "transform")],
+            )
+            .filter(|&n| n >= 2.0)
+    });
+    assert_eq!(
+        dead_lettered,
+        Some(2.0),
+        "sluice_messages_dead_lettered_total in:\n{}",
+        sluice.metrics()
+    );
+}
+
+#[test]
+fn sigterm_drains_in_flight_messages_and_exits_zero() {
+    const SENT: usize = 2_000;
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("drained", 1);
+    let mut sluice = Sluice::start(&[render(
+        r#"
+apiVersion: sluice/v1
+name: drain
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-drain
+    protocol: v5
+    session_expiry_secs: 3600
+    topics:
+      - filter: drain/#
+        qos: 1
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: drained
+"#,
+        &mqtt,
+        &kafka,
+    )]);
+    publish_bulk(&mqtt.url(), Protocol::V5, 1, SENT, |seq| {
+        MqttMessage::new("drain/x", json!({ "seq": seq }).to_string())
+    });
+    // Stop while sluice is (most likely) still working through them.
+    let status = sluice.stop();
+    assert!(
+        status.success(),
+        "sluice exited with {status} on SIGTERM\n{}",
+        sluice.output_tail(40)
+    );
+    // Whatever was not taken before the stop is still queued at the broker
+    // for the persistent session: a restart gets it. A clean drain acked
+    // everything it delivered, so nothing is delivered twice.
+    sluice.restart();
+    let records =
+        consume_with_grace(&kafka.brokers(), "drained", SENT, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    let mut counter = SeqCounter::new(SENT);
+    for seq in seqs(&records) {
+        counter.add(seq);
+    }
+    println!("{}", counter.tally);
+    assert_eq!(counter.tally.missing, 0, "{}", counter.tally);
+    assert_eq!(counter.tally.duplicates, 0, "{}: a drain acks what it delivered", counter.tally);
+}
+
+/// ~150 bytes of JSON telemetry for sequence number `seq`.
+fn telemetry(seq: usize) -> MqttMessage {
+    let device = seq % 1000;
+    let payload = format!(
+        r#"{{"seq":{seq},"temperature_f":{:.1},"humidity":{:.1},"battery_mv":{},"firmware":"1.4.2","status":"ok","ts":{}}}"#,
+        50.0 + (seq % 500) as f64 / 10.0,
+        30.0 + (seq % 400) as f64 / 10.0,
+        3300 + seq % 900,
+        1_700_000_000_000_u64 + seq as u64,
+    );
+    MqttMessage::new(format!("fleet/dev-{device:04}/telemetry"), payload)
+}
+
+#[test]
+fn one_hundred_thousand_messages_all_arrive_transformed() {
+    const SENT: usize = 100_000;
+    let started = Instant::now();
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("fleet", 4);
+    kafka.create_topic("fleet.dlq", 1);
+    let sluice = Sluice::start(&[render(
+        r#"
+apiVersion: sluice/v1
+name: fleet
+max_in_flight: 2000
+batch: { max_messages: 256, max_wait_ms: 5 }
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-fleet
+    topics:
+      - filter: fleet/+/telemetry
+        qos: 1
+transforms:
+  - name: normalise
+    plugin: @json_map@
+    config:
+      from_topic: { device_id: 1 }
+      rename: { temperature_f: temperature_c }
+      convert: { temperature_c: f_to_c }
+      round: 2
+  - name: keep-all
+    plugin: @json_filter@
+    config: { field: seq, op: exists }
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: fleet
+    key: "{{topic.1}}"
+errors:
+  dead_letter_topic: fleet.dlq
+"#,
+        &mqtt,
+        &kafka,
+    )]);
+    let ready_after = started.elapsed();
+
+    let url = mqtt.url();
+    let publisher = std::thread::spawn(move || publish_bulk(&url, Protocol::V311, 1, SENT, telemetry));
+    let mut reader = TopicReader::new(&kafka.brokers(), "fleet");
+    let mut counter = SeqCounter::new(SENT);
+    let mut counted = 0;
+    let mut checked = 0usize;
+    let check = |record: &Record| -> i64 {
+        let payload = record.json();
+        let seq = payload["seq"].as_i64().expect("seq");
+        let device = format!("dev-{:04}", seq as usize % 1000);
+        assert_eq!(payload["device_id"], json!(device), "{payload}");
+        assert_eq!(record.key_str().as_deref(), Some(device.as_str()));
+        assert!(payload.get("temperature_f").is_none(), "{payload}");
+        let fahrenheit = 50.0 + (seq as usize % 500) as f64 / 10.0;
+        assert_close(
+            &payload["temperature_c"],
+            ((fahrenheit - 32.0) * 5.0 / 9.0 * 100.0).round() / 100.0,
+            "temperature_c",
+        );
+        seq
+    };
+    let until = started + Duration::from_secs(240);
+    let tally = read_all_seqs(&mut reader, &mut counter, &mut counted, until, |record| {
+        checked += 1;
+        check(record)
+    });
+    let report = publisher.join().expect("publisher thread");
+    let elapsed = started.elapsed();
+    println!(
+        "{tally} (published in {:?}, sluice ready after {ready_after:?}, all in Kafka after {elapsed:?}, {:.0} msg/s end to end)",
+        report.elapsed,
+        SENT as f64 / (elapsed - ready_after).as_secs_f64()
+    );
+    let dead = consume(&kafka.brokers(), "fleet.dlq", 0, Duration::ZERO);
+    assert!(
+        tally.missing == 0 && tally.unexpected == 0,
+        "{tally}; first missing: {:?}; reader: {reader:?}; dead letters: {}\n{}",
+        counter.first_missing(10),
+        dead.len(),
+        sluice.output_tail(30)
+    );
+    assert_eq!(tally.duplicates, 0, "{tally}: no duplicates without a fault");
+    assert_eq!(checked, tally.delivered + tally.duplicates);
+    assert!(dead.is_empty(), "{} dead letters", dead.len());
+}
+
+#[test]
+fn messages_in_flight_when_sluice_is_killed_are_delivered_after_restart() {
+    const SENT: usize = 20_000;
+    const MAX_IN_FLIGHT: usize = 500;
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("crash", 2);
+    let mut sluice = Sluice::start(&[render(
+        &format!(
+            r#"
+apiVersion: sluice/v1
+name: crash
+delivery: at-least-once
+max_in_flight: {MAX_IN_FLIGHT}
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-crash
+    protocol: v5
+    session_expiry_secs: 3600
+    topics:
+      - filter: fleet/+/telemetry
+        qos: 1
+transforms:
+  - name: normalise
+    plugin: @json_map@
+    config: {{ from_topic: {{ device_id: 1 }} }}
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: crash
+    key: "{{{{topic.1}}}}"
+"#
+        ),
+        &mqtt,
+        &kafka,
+    )]);
+
+    let url = mqtt.url();
+    let publisher = std::thread::spawn(move || publish_bulk(&url, Protocol::V5, 1, SENT, telemetry));
+    let mut reader = TopicReader::new(&kafka.brokers(), "crash");
+    let started = Instant::now();
+    assert!(
+        reader.read_until(SENT / 10, deadline(Duration::from_secs(120))),
+        "only {} records after 120 s\n{}",
+        reader.records().len(),
+        sluice.output_tail(30)
+    );
+    let in_flight = sluice.metric("sluice_in_flight_messages", &[("pipeline", "crash")]);
+    let pid = sluice.pid();
+    sluice.kill();
+    let delivered_at_kill = reader.records().len();
+    assert!(!pid_is_alive(pid));
+    println!(
+        "killed sluice after {:?} with {delivered_at_kill} records in Kafka (in flight: {in_flight:?})",
+        started.elapsed()
+    );
+
+    sluice.restart();
+    let mut counter = SeqCounter::new(SENT);
+    let mut counted = 0;
+    let until = deadline(Duration::from_secs(180));
+    let seq_of = |record: &Record| record.json()["seq"].as_i64().expect("seq");
+    let tally = read_all_seqs(&mut reader, &mut counter, &mut counted, until, seq_of);
+    publisher.join().expect("publisher thread");
+    println!("{tally}");
+    assert!(
+        tally.missing == 0 && tally.unexpected == 0,
+        "{tally}; first missing: {:?}\n{}",
+        counter.first_missing(10),
+        sluice.output_tail(30)
+    );
+    assert!(
+        tally.duplicates <= MAX_IN_FLIGHT,
+        "{tally}: duplicates must be bounded by max_in_flight ({MAX_IN_FLIGHT})"
+    );
+}

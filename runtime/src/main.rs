@@ -84,10 +84,16 @@ enum Command {
     },
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,rumqttd=warn,librdkafka=warn")
-    });
+fn init_logs(format: LogFormat, quiet: bool) {
+    // `validate` and `test` print their results: keep logs to warnings there
+    // unless SLUICE_LOG says otherwise.
+    let default = if quiet {
+        "warn"
+    } else {
+        "info,rumqttd=off,librdkafka=warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -99,7 +105,8 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    let quiet = matches!(cli.command, Command::Validate { .. } | Command::Test { .. });
+    init_logs(cli.log_format, quiet);
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {

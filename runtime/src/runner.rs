@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::{self, Diagnostic, Diagnostics, Pipeline};
+use crate::config::{self, Diagnostic, Diagnostics, Pipeline, TransformConfig};
 use crate::engine::{self, Status};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -19,11 +19,22 @@ pub fn validate(files: &[PathBuf], host: &WasmHost) -> Result<Vec<Pipeline>, Dia
     let mut errors = Vec::new();
     let mut pipelines = Vec::new();
     for f in files {
-        match config::load(f) {
-            Ok(p) => {
-                errors.extend(check_plugins(&p, host));
-                pipelines.push(p);
-            }
+        let loaded = std::fs::read_to_string(f)
+            .map_err(|e| {
+                Diagnostics(vec![Diagnostic {
+                    file: f.clone(),
+                    pos: config::Pos { line: 1, col: 1 },
+                    message: format!("cannot read file: {e}"),
+                }])
+            })
+            .and_then(|text| {
+                let name = pipeline_name_hint(&text);
+                config::load_checked(f, &text, |k| std::env::var(k).ok(), &mut |t| {
+                    check_plugin(t, &name, host)
+                })
+            });
+        match loaded {
+            Ok(p) => pipelines.push(p),
             Err(Diagnostics(d)) => errors.extend(d),
         }
     }
@@ -42,10 +53,18 @@ pub fn validate_loaded(
     pipelines: Vec<Pipeline>,
     host: &WasmHost,
 ) -> Result<Vec<Pipeline>, Diagnostics> {
-    let mut errors: Vec<Diagnostic> = pipelines
-        .iter()
-        .flat_map(|p| check_plugins(p, host))
-        .collect();
+    let mut errors: Vec<Diagnostic> = Vec::new();
+    for p in &pipelines {
+        for t in &p.transforms {
+            for (pos, message) in check_plugin(t, &p.name, host) {
+                errors.push(Diagnostic {
+                    file: p.file.clone(),
+                    pos,
+                    message,
+                });
+            }
+        }
+    }
     if let Err(Diagnostics(d)) = config::check_unique_names(&pipelines) {
         errors.extend(d);
     }
@@ -56,31 +75,34 @@ pub fn validate_loaded(
     }
 }
 
-fn check_plugins(p: &Pipeline, host: &WasmHost) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
-    for t in &p.transforms {
-        let diag = |pos, message| Diagnostic {
-            file: p.file.clone(),
-            pos,
-            message,
-        };
-        match host.load(&t.plugin, &t.capabilities) {
-            Ok(plugin) => {
-                if let Err(e) = Instance::new(
-                    &plugin,
-                    &p.name,
-                    &t.name,
-                    &t.config_json,
-                    t.limits,
-                    &t.capabilities,
-                ) {
-                    out.push(diag(t.config_pos, format!("transform `{}`: {e}", t.name)));
-                }
-            }
-            Err(e) => out.push(diag(t.plugin_pos, format!("transform `{}`: {e}", t.name))),
-        }
+/// The pipeline name for log context while the file is being checked.
+fn pipeline_name_hint(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("name:"))
+        .map(|n| n.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Compiles and links one plugin and calls its `init` with the config.
+fn check_plugin(
+    t: &TransformConfig,
+    pipeline: &str,
+    host: &WasmHost,
+) -> Vec<(config::Pos, String)> {
+    match host.load(&t.plugin, &t.capabilities) {
+        Ok(plugin) => match Instance::new(
+            &plugin,
+            pipeline,
+            &t.name,
+            &t.config_json,
+            t.limits,
+            &t.capabilities,
+        ) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![(t.config_pos, format!("transform `{}`: {e}", t.name))],
+        },
+        Err(e) => vec![(t.plugin_pos, format!("transform `{}`: {e}", t.name))],
     }
-    out
 }
 
 /// Runs `pipelines` until `shutdown` turns true, serving HTTP on `listen`.

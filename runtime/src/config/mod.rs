@@ -274,11 +274,26 @@ pub fn load(path: &Path) -> Result<Pipeline, Diagnostics> {
     load_str(path, &text, |k| std::env::var(k).ok())
 }
 
+/// Checks one transform's plugin (compiles, links, `init` accepts the
+/// config); returns the position and text of each problem.
+pub type PluginCheck<'a> = &'a mut dyn FnMut(&TransformConfig) -> Vec<(Pos, String)>;
+
 /// Like [`load`] with the text and environment given.
 pub fn load_str(
     path: &Path,
     text: &str,
     env: impl Fn(&str) -> Option<String>,
+) -> Result<Pipeline, Diagnostics> {
+    load_checked(path, text, env, &mut |_| Vec::new())
+}
+
+/// Like [`load_str`], also running `check` on every transform whose plugin
+/// file exists, so plugin problems are reported together with the rest.
+pub fn load_checked(
+    path: &Path,
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+    check: PluginCheck<'_>,
 ) -> Result<Pipeline, Diagnostics> {
     let diag = |pos: Pos, message: String| Diagnostic {
         file: path.to_path_buf(),
@@ -300,9 +315,25 @@ pub fn load_str(
         return Err(Diagnostics(errors));
     }
     if let Err(e) = doc.typed::<TopLevel>("") {
-        err(e);
+        // Missing keys are reported below, one by one.
+        if !e.message.starts_with("missing field") {
+            err(e);
+        }
     }
-    let api: Option<String> = doc.typed("apiVersion").map_err(&mut err).ok();
+    for key in ["apiVersion", "name", "source", "sink"] {
+        if doc.node(key).is_none() {
+            err(yaml::YamlError {
+                pos: Pos { line: 1, col: 1 },
+                message: format!("missing required key `{key}`"),
+            });
+        }
+    }
+    let present = |k: &str| doc.node(k).is_some();
+    let api: Option<String> = if present("apiVersion") {
+        doc.typed("apiVersion").map_err(&mut err).ok()
+    } else {
+        None
+    };
     if let Some(v) = &api {
         if v != API_VERSION {
             err(yaml::YamlError {
@@ -311,7 +342,11 @@ pub fn load_str(
             });
         }
     }
-    let name: Option<String> = doc.typed("name").map_err(&mut err).ok();
+    let name: Option<String> = if present("name") {
+        doc.typed("name").map_err(&mut err).ok()
+    } else {
+        None
+    };
     if let Some(n) = &name {
         if n.is_empty()
             || !n
@@ -351,7 +386,14 @@ pub fn load_str(
             message: "batch.max_messages must be at least 1".into(),
         });
     }
-    let source = match doc.typed::<SourceSection>("source").map_err(&mut err).ok() {
+    let source_section = if present("source") {
+        let (v, es) = doc.typed_all::<SourceSection>("source");
+        es.into_iter().for_each(&mut err);
+        v
+    } else {
+        None
+    };
+    let source = match source_section {
         Some(SourceSection { mqtt: Some(m) }) => Some(SourceConfig::Mqtt(m)),
         Some(SourceSection { mqtt: None }) => {
             err(yaml::YamlError {
@@ -362,7 +404,14 @@ pub fn load_str(
         }
         None => None,
     };
-    let sink = match doc.typed::<SinkSection>("sink").map_err(&mut err).ok() {
+    let sink_section = if present("sink") {
+        let (v, es) = doc.typed_all::<SinkSection>("sink");
+        es.into_iter().for_each(&mut err);
+        v
+    } else {
+        None
+    };
+    let sink = match sink_section {
         Some(SinkSection { kafka: Some(k) }) => Some(SinkConfig::Kafka(k)),
         Some(SinkSection { kafka: None }) => {
             err(yaml::YamlError {
@@ -393,7 +442,9 @@ pub fn load_str(
     };
     for i in 0..n_transforms {
         let p = format!("transforms[{i}]");
-        let Ok(raw) = doc.typed::<RawTransform>(&p).map_err(&mut err) else {
+        let (raw, es) = doc.typed_all::<RawTransform>(&p);
+        es.into_iter().for_each(&mut err);
+        let Some(raw) = raw else {
             continue;
         };
         if transforms
@@ -439,7 +490,7 @@ pub fn load_str(
                 message: format!("plugin file `{}` not found", plugin.display()),
             });
         }
-        transforms.push(TransformConfig {
+        let t = TransformConfig {
             name: raw.name,
             plugin,
             config_json,
@@ -447,7 +498,13 @@ pub fn load_str(
             capabilities: raw.capabilities,
             plugin_pos,
             config_pos: doc.key_pos(&format!("{p}.config")),
-        });
+        };
+        if t.plugin.is_file() {
+            for (pos, message) in check(&t) {
+                err(yaml::YamlError { pos, message });
+            }
+        }
+        transforms.push(t);
     }
 
     if let Some(SourceConfig::Mqtt(m)) = &source {

@@ -104,6 +104,50 @@ impl Document {
         })
     }
 
+    /// Like [`Document::typed`], but keeps going after an error: the
+    /// offending key is taken out and deserialisation retried, so several
+    /// mistakes in one section are all reported. Returns the value built
+    /// from what was left (for further checks) and every error.
+    pub fn typed_all<T: DeserializeOwned>(&self, path: &str) -> (Option<T>, Vec<YamlError>) {
+        let mut node = self.node(path).cloned().unwrap_or(serde_yaml::Value::Null);
+        let mut errors: Vec<YamlError> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        for _ in 0..32 {
+            match serde_path_to_error::deserialize::<_, T>(node.clone()) {
+                Ok(v) => return (Some(v), errors),
+                Err(e) => {
+                    let inner = e.path().to_string();
+                    let rel = if inner == "." { String::new() } else { inner };
+                    let message = clean_serde_message(&e.inner().to_string());
+                    // Taking a required key out makes serde report it
+                    // missing: that is our doing, not the user's.
+                    let ours = message.starts_with("missing field")
+                        && removed.iter().any(|r| {
+                            let (parent, leaf) = match r.rfind('.') {
+                                Some(i) => (&r[..i], &r[i + 1..]),
+                                None => ("", r.as_str()),
+                            };
+                            parent == rel && message.contains(&format!("`{leaf}`"))
+                        });
+                    if !ours {
+                        let full = join(path, &rel);
+                        let pos = if message.starts_with("unknown field") {
+                            self.key_pos(&full)
+                        } else {
+                            self.value_pos(&full)
+                        };
+                        errors.push(YamlError { pos, message });
+                    }
+                    if ours || rel.is_empty() || !remove_path(&mut node, &rel) {
+                        return (None, errors);
+                    }
+                    removed.push(rel);
+                }
+            }
+        }
+        (None, errors)
+    }
+
     /// The generic value at `path` (`""` is the root).
     pub fn node(&self, path: &str) -> Option<&serde_yaml::Value> {
         let mut cur = &self.value;
@@ -114,6 +158,34 @@ impl Document {
             };
         }
         Some(cur)
+    }
+}
+
+/// Removes the node at relative `path` from `value`; false if not found.
+fn remove_path(value: &mut serde_yaml::Value, path: &str) -> bool {
+    let mut segs = split_path(path);
+    let Some(last) = segs.pop() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in segs {
+        let next = match seg {
+            Seg::Key(k) => cur
+                .as_mapping_mut()
+                .and_then(|m| m.get_mut(serde_yaml::Value::String(k))),
+            Seg::Index(i) => cur.as_sequence_mut().and_then(|s| s.get_mut(i)),
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return false,
+        }
+    }
+    match last {
+        Seg::Key(k) => cur
+            .as_mapping_mut()
+            .and_then(|m| m.remove(serde_yaml::Value::String(k)))
+            .is_some(),
+        Seg::Index(_) => false,
     }
 }
 
@@ -165,11 +237,25 @@ fn split_path(path: &str) -> Vec<Seg> {
 
 /// serde_yaml appends " at line X column Y" to messages; we print positions
 /// ourselves.
+/// Rust type names mean nothing to a YAML author either.
 fn clean_serde_message(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    let msg = match msg.find(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    let mut out = msg.to_string();
+    for (rust, human) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+    ] {
+        if out.ends_with(rust) {
+            out = format!("{}{human}", &out[..out.len() - rust.len()]);
+        }
     }
+    out
 }
 
 enum Frame {
@@ -312,5 +398,17 @@ mod tests {
         let e = bad.typed::<Vec<T>>("").unwrap_err();
         assert!(e.message.starts_with("unknown field `g`"), "{e:?}");
         assert_eq!(e.pos, Pos { line: 3, col: 3 });
+    }
+
+    #[test]
+    fn typed_all_reports_every_bad_key_of_a_section() {
+        let d = Document::parse("- e: 1\n  f: 2\n  g: 3\n  h: 4\n").unwrap();
+        let (v, errs) = d.typed_all::<Vec<T>>("");
+        let msgs: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(errs.len(), 3, "{msgs:?}");
+        assert!(msgs[0].starts_with("invalid type: integer `1`, expected a boolean"), "{msgs:?}");
+        assert!(msgs[1].starts_with("unknown field `g`"), "{msgs:?}");
+        assert!(msgs[2].starts_with("unknown field `h`"), "{msgs:?}");
+        assert!(v.is_none(), "a required key was bad");
     }
 }
