@@ -241,7 +241,11 @@ errors:
         let kind = mqtt_topic.split('/').nth(2).unwrap();
         let payload = record.json();
         assert_eq!(record.topic, format!("sensors.{kind}"));
-        assert_eq!(record.key_str().as_deref(), Some(device), "key of {record:?}");
+        assert_eq!(
+            record.key_str().as_deref(),
+            Some(device),
+            "key of {record:?}"
+        );
         assert_eq!(payload["device_id"], json!(device), "payload {payload}");
         assert_close(&payload["temperature"], *celsius, mqtt_topic);
         assert_eq!(record.header_str("site").as_deref(), Some("plant-7"));
@@ -253,7 +257,10 @@ errors:
         assert_eq!(record.header_str("mqtt.retain").as_deref(), Some("false"));
     }
     let dead = consume(&kafka.brokers(), "map.dlq", 0, Duration::ZERO);
-    assert!(dead.is_empty(), "nothing should be dead-lettered: {dead:#?}");
+    assert!(
+        dead.is_empty(),
+        "nothing should be dead-lettered: {dead:#?}"
+    );
 }
 
 #[test]
@@ -374,7 +381,10 @@ errors:
         .map(|record| (record.key_str().unwrap_or_default(), record.json()))
         .collect();
     assert_eq!(
-        by_sensor.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        by_sensor
+            .keys()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
         sensors.iter().copied().collect::<BTreeSet<_>>(),
         "one record per element, keyed by sensor"
     );
@@ -469,11 +479,17 @@ errors:
     assert_eq!(seqs(&b), (0..7).collect::<Vec<_>>(), "out-b: {b:#?}");
     for record in &a {
         assert_eq!(record.json()["pipeline"], json!("a"));
-        assert!(record.header_str("mqtt.topic").unwrap().starts_with("site-a/"));
+        assert!(record
+            .header_str("mqtt.topic")
+            .unwrap()
+            .starts_with("site-a/"));
     }
     for record in &b {
         assert_eq!(record.json().get("pipeline"), None, "b has no transform");
-        assert!(record.header_str("mqtt.topic").unwrap().starts_with("site-b/"));
+        assert!(record
+            .header_str("mqtt.topic")
+            .unwrap()
+            .starts_with("site-b/"));
     }
 }
 
@@ -540,9 +556,20 @@ sink:
         .collect();
     publish(&mqtt.url(), Protocol::V5, 1, &new);
 
-    let from_v311 =
-        consume_with_grace(&kafka.brokers(), "from-v311", 3, DELIVERY_TIMEOUT, QUIET_PERIOD);
-    let from_v5 = consume_with_grace(&kafka.brokers(), "from-v5", 3, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    let from_v311 = consume_with_grace(
+        &kafka.brokers(),
+        "from-v311",
+        3,
+        DELIVERY_TIMEOUT,
+        QUIET_PERIOD,
+    );
+    let from_v5 = consume_with_grace(
+        &kafka.brokers(),
+        "from-v5",
+        3,
+        DELIVERY_TIMEOUT,
+        QUIET_PERIOD,
+    );
     assert_eq!(seqs(&from_v311), vec![0, 1, 2], "{from_v311:#?}");
     assert_eq!(seqs(&from_v5), vec![0, 1, 2], "{from_v5:#?}");
     for record in from_v311.iter().chain(&from_v5) {
@@ -620,8 +647,13 @@ sink:
         publish(&mqtt.url(), Protocol::V5, qos, &messages);
     }
 
-    let records =
-        consume_with_grace(&kafka.brokers(), "by-qos", 15, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    let records = consume_with_grace(
+        &kafka.brokers(),
+        "by-qos",
+        15,
+        DELIVERY_TIMEOUT,
+        QUIET_PERIOD,
+    );
     assert_eq!(records.len(), 15, "records: {records:#?}");
     for qos in 0..=2u8 {
         let at_qos: Vec<Record> = records
@@ -687,8 +719,13 @@ errors:
 
     let good = consume_with_grace(&kafka.brokers(), "clean", 4, DELIVERY_TIMEOUT, QUIET_PERIOD);
     assert_eq!(seqs(&good), vec![0, 2, 4, 5], "good records: {good:#?}");
-    let mut dead =
-        consume_with_grace(&kafka.brokers(), "dlq.test", 2, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    let mut dead = consume_with_grace(
+        &kafka.brokers(),
+        "dlq.test",
+        2,
+        DELIVERY_TIMEOUT,
+        QUIET_PERIOD,
+    );
     assert_eq!(dead.len(), 2, "dead letters: {dead:#?}");
     dead.sort_by_key(|record| record.header_str("sluice.error.mqtt_topic"));
     for (record, (topic, payload, trace)) in dead.iter().zip([
@@ -774,15 +811,24 @@ sink:
     // for the persistent session: a restart gets it. A clean drain acked
     // everything it delivered, so nothing is delivered twice.
     sluice.restart();
-    let records =
-        consume_with_grace(&kafka.brokers(), "drained", SENT, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    let records = consume_with_grace(
+        &kafka.brokers(),
+        "drained",
+        SENT,
+        DELIVERY_TIMEOUT,
+        QUIET_PERIOD,
+    );
     let mut counter = SeqCounter::new(SENT);
     for seq in seqs(&records) {
         counter.add(seq);
     }
     println!("{}", counter.tally);
     assert_eq!(counter.tally.missing, 0, "{}", counter.tally);
-    assert_eq!(counter.tally.duplicates, 0, "{}: a drain acks what it delivered", counter.tally);
+    assert_eq!(
+        counter.tally.duplicates, 0,
+        "{}: a drain acks what it delivered",
+        counter.tally
+    );
 }
 
 /// ~150 bytes of JSON telemetry for sequence number `seq`.
@@ -844,7 +890,8 @@ errors:
     let ready_after = started.elapsed();
 
     let url = mqtt.url();
-    let publisher = std::thread::spawn(move || publish_bulk(&url, Protocol::V311, 1, SENT, telemetry));
+    let publisher =
+        std::thread::spawn(move || publish_bulk(&url, Protocol::V311, 1, SENT, telemetry));
     let mut reader = TopicReader::new(&kafka.brokers(), "fleet");
     let mut counter = SeqCounter::new(SENT);
     let mut counted = 0;
@@ -884,7 +931,10 @@ errors:
         dead.len(),
         sluice.output_tail(30)
     );
-    assert_eq!(tally.duplicates, 0, "{tally}: no duplicates without a fault");
+    assert_eq!(
+        tally.duplicates, 0,
+        "{tally}: no duplicates without a fault"
+    );
     assert_eq!(checked, tally.delivered + tally.duplicates);
     assert!(dead.is_empty(), "{} dead letters", dead.len());
 }
@@ -928,7 +978,8 @@ sink:
     )]);
 
     let url = mqtt.url();
-    let publisher = std::thread::spawn(move || publish_bulk(&url, Protocol::V5, 1, SENT, telemetry));
+    let publisher =
+        std::thread::spawn(move || publish_bulk(&url, Protocol::V5, 1, SENT, telemetry));
     let mut reader = TopicReader::new(&kafka.brokers(), "crash");
     let started = Instant::now();
     assert!(
