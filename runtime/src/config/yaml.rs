@@ -404,9 +404,13 @@ mod tests {
     fn typed_all_reports_every_bad_key_of_a_section() {
         let d = Document::parse("- e: 1\n  f: 2\n  g: 3\n  h: 4\n").unwrap();
         let (v, errs) = d.typed_all::<Vec<T>>("");
-        let msgs: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+        let mut msgs: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+        msgs.sort();
         assert_eq!(errs.len(), 3, "{msgs:?}");
-        assert!(msgs[0].starts_with("invalid type: integer `1`, expected a boolean"), "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("invalid type: integer `1`, expected a boolean"),
+            "{msgs:?}"
+        );
         assert!(msgs[1].starts_with("unknown field `g`"), "{msgs:?}");
         assert!(msgs[2].starts_with("unknown field `h`"), "{msgs:?}");
         assert!(v.is_none(), "a required key was bad");

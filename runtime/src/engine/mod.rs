@@ -8,6 +8,8 @@
 //! input once its fate is known; settled prefixes are acked in order.
 
 pub mod ack;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -171,7 +173,23 @@ pub async fn run(
     p: &Pipeline,
     host: &Arc<WasmHost>,
     status: &Arc<Status>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    run_with(p, host, status, shutdown, |ctx| {
+        let sink = connectors::build_sink(&p.sink, &p.errors, ctx).map_err(|e| e.to_string())?;
+        let source = connectors::build_source(&p.source, ctx).map_err(|e| e.to_string())?;
+        Ok((sink, source))
+    })
+    .await
+}
+
+/// [`run`] with the connectors made by `connect` (tests pass fakes here).
+pub async fn run_with(
+    p: &Pipeline,
+    host: &Arc<WasmHost>,
+    status: &Arc<Status>,
     mut shutdown: watch::Receiver<bool>,
+    connect: impl FnOnce(&Context) -> Result<(Arc<dyn Sink>, connectors::SourceHandle), String>,
 ) -> Result<(), String> {
     let metrics = status.metrics.clone();
     let at_least_once = p.delivery == Delivery::AtLeastOnce;
@@ -225,9 +243,8 @@ pub async fn run(
         })
         .map_err(|e| format!("cannot start transform thread: {e}"))?;
 
-    let sink = connectors::build_sink(&p.sink, &p.errors, &ctx).map_err(|e| e.to_string())?;
+    let (sink, source) = connect(&ctx)?;
     *status.kafka.lock().map_err(|e| e.to_string())? = Some(sink.connected());
-    let source = connectors::build_source(&p.source, &ctx).map_err(|e| e.to_string())?;
     *status.mqtt.lock().map_err(|e| e.to_string())? = Some(source.connected.clone());
     status.set(State::Running, None);
 
@@ -244,35 +261,47 @@ pub async fn run(
         let wait = Duration::from_millis(p.batch.max_wait_ms);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            'outer: loop {
+            let mut stopping = false;
+            while !stopping {
                 let mut items = Vec::with_capacity(max);
                 let mut deadline = None;
                 while items.len() < max {
-                    let permit = tokio::select! {
-                        biased;
-                        _ = shutdown.wait_for(|s| *s) => break 'outer,
-                        p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
+                    let permit = match window.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        // Window full: send what we hold rather than sit on it.
+                        Err(_) if !items.is_empty() => break,
+                        Err(_) => tokio::select! {
+                            biased;
+                            _ = shutdown.wait_for(|s| *s) => { stopping = true; break }
+                            p = window.clone().acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => { stopping = true; break }
+                            },
+                        },
                     };
                     let next = tokio::select! {
                         biased;
-                        _ = shutdown.wait_for(|s| *s) => break 'outer,
+                        _ = shutdown.wait_for(|s| *s) => { stopping = true; break }
                         m = messages.recv() => m,
-                        _ = sleep_until(deadline), if !items.is_empty() => { drop(permit); break; }
+                        _ = sleep_until(deadline), if !items.is_empty() => break,
                     };
                     let Some(Inbound { msg, token }) = next else {
-                        break 'outer;
+                        stopping = true;
+                        break;
                     };
                     metrics.received.inc();
                     metrics.in_flight.inc();
-                    let seq = match tracker.lock() {
-                        Ok(mut t) => t.push(token, Some(permit)),
-                        Err(_) => break 'outer,
+                    let Ok(seq) = tracker.lock().map(|mut t| t.push(token, Some(permit))) else {
+                        stopping = true;
+                        break;
                     };
                     if deadline.is_none() {
                         deadline = Some(tokio::time::Instant::now() + wait);
                     }
                     items.push((seq, msg));
                 }
+                // Messages taken from the source are always processed, also
+                // when stopping: they are in the tracker, awaiting acks.
                 if !items.is_empty() && batch_tx.send(Batch { items }).await.is_err() {
                     break;
                 }
