@@ -32,6 +32,18 @@ sluice_setup_rust() {
     fi
 }
 
+# rustfmt and clippy, for the checks in scripts/test.sh.
+sluice_setup_rust_tools() {
+    local installed component
+    installed="$(rustup component list --installed)"
+    for component in rustfmt clippy; do
+        if ! grep -q "^$component" <<<"$installed"; then
+            sluice_log "adding rust component $component"
+            rustup component add "$component"
+        fi
+    done
+}
+
 sluice_apt_updated=""
 sluice_apt_install() {
     if [ -z "$sluice_apt_updated" ]; then
@@ -102,6 +114,7 @@ sluice_setup() {
             ;;
         all)
             sluice_setup_rust
+            sluice_setup_rust_tools
             sluice_setup_mosquitto
             sluice_setup_tansu
             sluice_log "mosquitto: $SLUICE_MOSQUITTO_BIN"

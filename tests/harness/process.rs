@@ -187,3 +187,17 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
                 .unwrap_or(false)
         })
 }
+
+/// A fresh temporary folder named `<prefix>XXXXXX`. With `SLUICE_KEEP_TMP=1`
+/// it is kept after the test (for post-mortems of logs and configs).
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    let mut dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|err| panic!("temp dir {prefix}*: {err}"));
+    if std::env::var_os("SLUICE_KEEP_TMP").is_some_and(|v| v == "1") {
+        dir.disable_cleanup(true);
+        eprintln!("harness: keeping {}", dir.path().display());
+    }
+    dir
+}

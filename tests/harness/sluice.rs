@@ -9,7 +9,7 @@ use tempfile::TempDir;
 
 use crate::http::{http_get, HttpResponse};
 use crate::paths::sluice_bin;
-use crate::process::ChildProcess;
+use crate::process::{temp_dir, ChildProcess};
 use crate::wait::{deadline, wait_for};
 
 /// How long `sluice run` may take to print its listen address and report
@@ -81,10 +81,7 @@ impl Sluice {
     /// Like [`Sluice::start`] but returns right after spawning.
     pub fn spawn<S: AsRef<str>>(pipelines: &[S]) -> Sluice {
         assert!(!pipelines.is_empty(), "sluice needs at least one pipeline");
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-run-")
-            .tempdir()
-            .expect("temp dir for sluice");
+        let dir = temp_dir("sluice-run-");
         let files = pipelines
             .iter()
             .enumerate()

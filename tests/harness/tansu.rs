@@ -12,7 +12,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tempfile::TempDir;
 
-use crate::process::{find_on_path, free_port, port_is_open, tail, ChildProcess};
+use crate::process::{find_on_path, free_port, port_is_open, tail, temp_dir, ChildProcess};
 use crate::wait::{deadline, wait_for, wait_until};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,10 +81,7 @@ impl Tansu {
             let mut broker = Tansu {
                 process: None,
                 port: free_port(),
-                dir: tempfile::Builder::new()
-                    .prefix("sluice-tansu-")
-                    .tempdir()
-                    .expect("temp dir for tansu"),
+                dir: temp_dir("sluice-tansu-"),
             };
             match broker.launch() {
                 Ok(()) => return broker,
