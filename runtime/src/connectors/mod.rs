@@ -26,10 +26,30 @@ pub struct Inbound {
     pub token: AckToken,
 }
 
+/// One slot of a pipeline's in-flight window. The source drops it once the
+/// ack is on its way to the broker (written to the socket), so the window
+/// bounds what the broker has sent and not yet seen acked.
+pub struct WindowSlot {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl WindowSlot {
+    /// Wraps a window permit.
+    pub fn new(permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        WindowSlot { _permit: permit }
+    }
+}
+
+impl std::fmt::Debug for WindowSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WindowSlot")
+    }
+}
+
 /// Acknowledges messages back to a source. Called in arrival order.
 pub trait Acker: Send + Sync + 'static {
-    /// Acknowledges one message.
-    fn ack(&self, token: AckToken);
+    /// Acknowledges one message; `slot` is released when the ack has left.
+    fn ack(&self, token: AckToken, slot: WindowSlot);
 }
 
 /// A running source.

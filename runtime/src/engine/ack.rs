@@ -12,7 +12,7 @@ struct Slot {
     token: AckToken,
     received: Instant,
     settled: bool,
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Tracks un-acked messages by sequence number.
@@ -28,6 +28,8 @@ pub struct Released {
     pub token: AckToken,
     /// When the message was received.
     pub received: Instant,
+    /// Its slot of the in-flight window.
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Tracker {
@@ -39,7 +41,7 @@ impl Tracker {
             token,
             received: Instant::now(),
             settled: false,
-            _permit: permit,
+            permit,
         });
         seq
     }
@@ -59,6 +61,7 @@ impl Tracker {
                 out.push(Released {
                     token: s.token,
                     received: s.received,
+                    permit: s.permit,
                 });
             }
         }

@@ -333,7 +333,7 @@ pub async fn run_with(
                             t.settle(seq, &mut released);
                         }
                         for r in released.drain(..) {
-                            acker.ack(r.token);
+                            acker.ack(r.token, connectors::WindowSlot::new(r.permit));
                             metrics.in_flight.dec();
                             metrics.e2e.observe(r.received.elapsed().as_secs_f64());
                         }

@@ -11,7 +11,9 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
 
 use super::*;
-use crate::connectors::{AckToken, Acker, DeliveryError, Failure, Inbound, Sink, SourceHandle};
+use crate::connectors::{
+    AckToken, Acker, DeliveryError, Failure, Inbound, Sink, SourceHandle, WindowSlot,
+};
 use crate::message::Message;
 use crate::metrics::Metrics;
 
@@ -28,7 +30,7 @@ fn pipeline(max_in_flight: usize) -> Pipeline {
 struct Acks(Mutex<Vec<AckToken>>);
 
 impl Acker for Acks {
-    fn ack(&self, token: AckToken) {
+    fn ack(&self, token: AckToken, _slot: WindowSlot) {
         self.0.lock().unwrap().push(token);
     }
 }

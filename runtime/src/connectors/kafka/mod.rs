@@ -186,7 +186,13 @@ pub struct KafkaSink {
     mqtt_headers: bool,
     pipeline: Arc<str>,
     connected: watch::Receiver<bool>,
-    _probe: tokio::task::JoinHandle<()>,
+    probe: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        self.probe.abort();
+    }
 }
 
 impl KafkaSink {
@@ -233,7 +239,7 @@ impl KafkaSink {
             mqtt_headers: cfg.mqtt_headers,
             pipeline: ctx.pipeline.as_str().into(),
             connected: rx,
-            _probe: probe,
+            probe,
         })
     }
 

@@ -6,19 +6,21 @@
 //! acks for messages of an earlier connection are dropped rather than sent
 //! (a stale packet id could otherwise ack a different, newer message).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+mod session;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::FutureExt;
 use rand::RngExt;
 use serde::Deserialize;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use super::{AckToken, Acker, ConnectorError, Context, Inbound, SourceHandle};
+use super::{AckToken, Acker, ConnectorError, Context, Inbound, SourceHandle, WindowSlot};
 use crate::config::{Delivery, FieldError, Secret};
-use crate::message::{now_ms, Message, Qos};
+use session::{handshake, write_loop, Codec, ConnectSpec, In, Out};
 
 /// MQTT protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -288,182 +290,85 @@ fn token(generation: u64, qos: u8, pkid: u16) -> AckToken {
     (generation << GEN_SHIFT) | ((qos as u64) << QOS_SHIFT) | pkid as u64
 }
 
-/// The two rumqttc clients behind one face.
-#[derive(Clone)]
-enum Client {
-    V5(rumqttc::v5::AsyncClient),
-    V3(rumqttc::AsyncClient),
-}
-
-impl Client {
-    fn try_ack(&self, qos: u8, pkid: u16) -> Result<(), String> {
-        match self {
-            Client::V5(c) => {
-                use rumqttc::v5::mqttbytes::{v5::Publish, QoS};
-                let q = if qos == 2 {
-                    QoS::ExactlyOnce
-                } else {
-                    QoS::AtLeastOnce
-                };
-                let mut p = Publish::new("", q, Bytes::new(), None);
-                p.pkid = pkid;
-                c.try_ack(&p).map_err(|e| e.to_string())
-            }
-            Client::V3(c) => {
-                use rumqttc::{Publish, QoS};
-                let q = if qos == 2 {
-                    QoS::ExactlyOnce
-                } else {
-                    QoS::AtLeastOnce
-                };
-                let mut p = Publish::new("", q, Vec::new());
-                p.pkid = pkid;
-                c.try_ack(&p).map_err(|e| e.to_string())
-            }
-        }
-    }
-
-    async fn subscribe(&self, topics: &[TopicConfig]) -> Result<(), String> {
-        match self {
-            Client::V5(c) => {
-                use rumqttc::v5::mqttbytes::v5::Filter;
-                let filters = topics
-                    .iter()
-                    .map(|t| Filter::new(t.filter.clone(), qos5(t.qos)));
-                c.subscribe_many(filters).await.map_err(|e| e.to_string())
-            }
-            Client::V3(c) => {
-                let filters = topics
-                    .iter()
-                    .map(|t| rumqttc::SubscribeFilter::new(t.filter.clone(), qos3(t.qos)));
-                c.subscribe_many(filters).await.map_err(|e| e.to_string())
-            }
-        }
-    }
-
-    async fn disconnect(&self) {
-        let _ = match self {
-            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
-            Client::V3(c) => c.disconnect().await.map_err(|e| e.to_string()),
-        };
-    }
-}
-
-fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
-    use rumqttc::v5::mqttbytes::QoS;
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
-fn qos3(q: u8) -> rumqttc::QoS {
-    use rumqttc::QoS;
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
+/// Hands acks to the current connection's writer, in release order. Acks
+/// of an earlier connection are dropped: the broker redelivers those
+/// messages, and their packet ids may already name other messages.
 struct MqttAcker {
-    client: Client,
-    generation: Arc<AtomicU64>,
+    writer: Arc<Mutex<Option<(u64, mpsc::UnboundedSender<Out>)>>>,
     manual: bool,
 }
 
 impl Acker for MqttAcker {
-    fn ack(&self, token: AckToken) {
-        if !self.manual {
+    fn ack(&self, token: AckToken, slot: WindowSlot) {
+        let qos = (token >> QOS_SHIFT) & 0xff;
+        if !self.manual || qos == 0 {
             return;
         }
-        let qos = ((token >> QOS_SHIFT) & 0xff) as u8;
-        if qos == 0 {
-            return;
-        }
-        if token >> GEN_SHIFT != self.generation.load(Ordering::Acquire) {
-            // Redelivered by the broker on the new connection; acked then.
-            return;
-        }
-        if let Err(e) = self.client.try_ack(qos, token as u16) {
-            tracing::warn!(error = %e, "could not queue MQTT ack; the broker will redeliver");
+        let Ok(w) = self.writer.lock() else { return };
+        if let Some((gen, tx)) = w.as_ref() {
+            if *gen == token >> GEN_SHIFT {
+                let pkid = token as u16;
+                let _ = tx.send(Out::Ack {
+                    pkid,
+                    qos2: qos == 2,
+                    slot,
+                });
+            }
         }
     }
 }
 
-/// Shared state between the event-loop task and the handle.
+/// Shared between the connection task and the handle.
 struct Shared {
+    /// Stop handing out new messages.
     draining: AtomicBool,
+    /// Disconnect and end.
+    closing: watch::Sender<bool>,
+    writer: Arc<Mutex<Option<(u64, mpsc::UnboundedSender<Out>)>>>,
 }
 
 /// Starts the MQTT source task.
 pub fn start(cfg: &MqttConfig, ctx: &Context) -> Result<SourceHandle, ConnectorError> {
     let ep = parse_url(&cfg.url).map_err(ConnectorError)?;
-    let manual = ctx.at_least_once;
-    let transport = if ep.tls {
-        Some(tls_transport(cfg.tls.as_ref())?)
+    let tls = if ep.tls {
+        Some(tls_config(cfg.tls.as_ref())?)
     } else {
         None
     };
-    // Request channel: acks must never block, and at most `max_in_flight`
-    // can be outstanding.
-    let cap = ctx.max_in_flight * 2 + 64;
-    let keep_alive = Duration::from_secs(cfg.keep_alive_secs);
-    let (client, events) = match cfg.protocol {
-        Protocol::V5 => {
-            let mut o =
-                rumqttc::v5::MqttOptions::new(cfg.client_id.clone(), ep.host.clone(), ep.port);
-            o.set_keep_alive(keep_alive)
-                .set_clean_start(cfg.clean_start)
-                .set_manual_acks(manual)
-                .set_max_packet_size(Some(cfg.max_packet_size))
-                .set_receive_maximum(Some(ctx.max_in_flight.min(65_535) as u16));
-            if !cfg.clean_start || cfg.session_expiry_secs > 0 {
-                o.set_session_expiry_interval(Some(cfg.session_expiry_secs));
-            }
-            if let Some(u) = &cfg.username {
-                o.set_credentials(
-                    u.clone(),
-                    cfg.password.as_ref().map(|p| p.expose()).unwrap_or(""),
-                );
-            }
-            if let Some(t) = transport.clone() {
-                o.set_transport(t);
-            }
-            let (c, el) = rumqttc::v5::AsyncClient::new(o, cap);
-            (Client::V5(c), EventSource::V5(Box::new(el)))
-        }
-        Protocol::V311 => {
-            let mut o = rumqttc::MqttOptions::new(cfg.client_id.clone(), ep.host.clone(), ep.port);
-            o.set_keep_alive(keep_alive)
-                .set_clean_session(cfg.clean_start)
-                .set_manual_acks(manual)
-                .set_max_packet_size(cfg.max_packet_size as usize, cfg.max_packet_size as usize);
-            if let Some(u) = &cfg.username {
-                o.set_credentials(
-                    u.clone(),
-                    cfg.password.as_ref().map(|p| p.expose()).unwrap_or(""),
-                );
-            }
-            if let Some(t) = transport {
-                o.set_transport(t);
-            }
-            let (c, el) = rumqttc::AsyncClient::new(o, cap);
-            (Client::V3(c), EventSource::V3(Box::new(el)))
-        }
+    let spec = ConnectSpec {
+        protocol: cfg.protocol,
+        host: ep.host,
+        port: ep.port,
+        tls,
+        client_id: cfg.client_id.clone(),
+        clean_start: cfg.clean_start,
+        keep_alive: Duration::from_secs(cfg.keep_alive_secs),
+        session_expiry: cfg.session_expiry_secs,
+        receive_maximum: ctx.max_in_flight.clamp(1, 65_535) as u16,
+        max_packet_size: cfg.max_packet_size,
+        login: cfg.username.as_ref().map(|u| {
+            (
+                u.clone(),
+                cfg.password
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
+            )
+        }),
     };
-    let generation = Arc::new(AtomicU64::new(0));
-    let (tx, rx) = mpsc::channel(ctx.max_in_flight + 16);
+    // Small on purpose: when the engine is behind, the reader waits here and
+    // stops reading the socket, whatever the broker's flow control does.
+    let (tx, rx) = mpsc::channel(ctx.max_in_flight.clamp(16, 1024));
     let (connected_tx, connected_rx) = watch::channel(false);
+    let writer = Arc::new(Mutex::new(None));
     let shared = Arc::new(Shared {
         draining: AtomicBool::new(false),
+        closing: watch::channel(false).0,
+        writer: writer.clone(),
     });
     let task = tokio::spawn(run_loop(LoopState {
-        events,
-        client: client.clone(),
+        spec,
         topics: cfg.topics.clone(),
-        generation: generation.clone(),
         tx,
         connected: connected_tx,
         shared: shared.clone(),
@@ -472,9 +377,8 @@ pub fn start(cfg: &MqttConfig, ctx: &Context) -> Result<SourceHandle, ConnectorE
         url: cfg.url.clone(),
     }));
     let acker = Arc::new(MqttAcker {
-        client: client.clone(),
-        generation,
-        manual,
+        writer,
+        manual: ctx.at_least_once,
     });
     let stop_shared = shared.clone();
     Ok(SourceHandle {
@@ -485,8 +389,13 @@ pub fn start(cfg: &MqttConfig, ctx: &Context) -> Result<SourceHandle, ConnectorE
         close: Box::new(move || {
             async move {
                 shared.draining.store(true, Ordering::Release);
-                client.disconnect().await;
-                // The loop ends once the disconnect went out (or failed).
+                // Acks already queued go out before the DISCONNECT.
+                if let Ok(w) = shared.writer.lock() {
+                    if let Some((_, tx)) = w.as_ref() {
+                        let _ = tx.send(Out::Disconnect);
+                    }
+                }
+                shared.closing.send_replace(true);
                 let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
             }
             .boxed()
@@ -494,118 +403,64 @@ pub fn start(cfg: &MqttConfig, ctx: &Context) -> Result<SourceHandle, ConnectorE
     })
 }
 
-fn tls_transport(tls: Option<&TlsConfig>) -> Result<rumqttc::Transport, ConnectorError> {
+fn tls_config(
+    tls: Option<&TlsConfig>,
+) -> Result<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>, ConnectorError> {
+    use rumqttc::tokio_rustls::rustls;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| ConnectorError(format!("cannot read `{}`: {e}", p.display())))
     };
     let default_ca = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
-    let ca = match tls.and_then(|t| t.ca_file.as_deref()) {
-        Some(p) => read(p)?,
-        None if default_ca.is_file() => read(default_ca)?,
+    let ca_path = match tls.and_then(|t| t.ca_file.as_deref()) {
+        Some(p) => p,
+        None if default_ca.is_file() => default_ca,
         None => {
             return Err(ConnectorError(
                 "mqtts:// needs tls.ca_file (no system CA bundle found)".into(),
             ))
         }
     };
-    let client_auth = match tls {
+    let ca = read(ca_path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        let cert = cert.map_err(|e| {
+            ConnectorError(format!("bad certificate in `{}`: {e}", ca_path.display()))
+        })?;
+        roots.add(cert).map_err(|e| {
+            ConnectorError(format!(
+                "bad CA certificate in `{}`: {e}",
+                ca_path.display()
+            ))
+        })?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let cfg = match tls {
         Some(TlsConfig {
             client_cert_file: Some(c),
             client_key_file: Some(k),
             ..
-        }) => Some((read(c)?, read(k)?)),
-        _ => None,
-    };
-    Ok(rumqttc::Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        },
-    ))
-}
-
-enum EventSource {
-    V5(Box<rumqttc::v5::EventLoop>),
-    V3(Box<rumqttc::EventLoop>),
-}
-
-/// What one poll of the event loop produced, protocol-neutral.
-enum Polled {
-    ConnAck { session_present: bool },
-    Publish { msg: Message, qos: u8, pkid: u16 },
-    Disconnected,
-    Other,
-}
-
-impl EventSource {
-    async fn poll(&mut self) -> Result<Polled, String> {
-        match self {
-            EventSource::V5(el) => {
-                use rumqttc::v5::mqttbytes::v5::Packet;
-                use rumqttc::v5::Event;
-                match el.poll().await.map_err(|e| e.to_string())? {
-                    Event::Incoming(Packet::ConnAck(c)) => Ok(Polled::ConnAck {
-                        session_present: c.session_present,
-                    }),
-                    Event::Incoming(Packet::Publish(p)) => {
-                        let qos = p.qos as u8;
-                        let pkid = p.pkid;
-                        let props = p.properties.unwrap_or_default();
-                        let msg = Message {
-                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                            kafka_topic: None,
-                            key: None,
-                            payload: p.payload,
-                            headers: props.user_properties,
-                            timestamp_ms: now_ms(),
-                            qos: Qos::from_level(qos).unwrap_or_default(),
-                            retain: p.retain,
-                            content_type: props.content_type,
-                        };
-                        Ok(Polled::Publish { msg, qos, pkid })
-                    }
-                    Event::Incoming(Packet::Disconnect(_)) => Ok(Polled::Disconnected),
-                    Event::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Polled::Disconnected),
-                    _ => Ok(Polled::Other),
-                }
-            }
-            EventSource::V3(el) => {
-                use rumqttc::{Event, Packet};
-                match el.poll().await.map_err(|e| e.to_string())? {
-                    Event::Incoming(Packet::ConnAck(c)) => Ok(Polled::ConnAck {
-                        session_present: c.session_present,
-                    }),
-                    Event::Incoming(Packet::Publish(p)) => {
-                        let qos = p.qos as u8;
-                        let msg = Message {
-                            topic: p.topic,
-                            payload: p.payload,
-                            timestamp_ms: now_ms(),
-                            qos: Qos::from_level(qos).unwrap_or_default(),
-                            retain: p.retain,
-                            ..Message::default()
-                        };
-                        Ok(Polled::Publish {
-                            msg,
-                            qos,
-                            pkid: p.pkid,
-                        })
-                    }
-                    Event::Incoming(Packet::Disconnect) => Ok(Polled::Disconnected),
-                    Event::Outgoing(rumqttc::Outgoing::Disconnect) => Ok(Polled::Disconnected),
-                    _ => Ok(Polled::Other),
-                }
-            }
+        }) => {
+            let certs = CertificateDer::pem_slice_iter(&read(c)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    ConnectorError(format!("bad client certificate `{}`: {e}", c.display()))
+                })?;
+            let key = PrivateKeyDer::from_pem_slice(&read(k)?)
+                .map_err(|e| ConnectorError(format!("bad client key `{}`: {e}", k.display())))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| ConnectorError(format!("client certificate rejected: {e}")))?
         }
-    }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
 }
 
 struct LoopState {
-    events: EventSource,
-    client: Client,
+    spec: ConnectSpec,
     topics: Vec<TopicConfig>,
-    generation: Arc<AtomicU64>,
     tx: mpsc::Sender<Inbound>,
     connected: watch::Sender<bool>,
     shared: Arc<Shared>,
@@ -614,70 +469,142 @@ struct LoopState {
     url: String,
 }
 
-async fn run_loop(mut s: LoopState) {
+async fn run_loop(s: LoopState) {
     let pipeline = s.ctx.pipeline.clone();
-    let mut backoff = Duration::from_millis(s.reconnect.initial_backoff_ms.max(1));
+    let initial = Duration::from_millis(s.reconnect.initial_backoff_ms.max(1));
     let max_backoff = Duration::from_millis(s.reconnect.max_backoff_ms.max(1));
+    let mut backoff = initial;
+    let mut closing = s.shared.closing.subscribe();
+    let mut generation: u64 = 0;
     let mut first_connect = true;
     loop {
-        match s.events.poll().await {
-            Ok(Polled::ConnAck { session_present }) => {
-                let gen = s.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                tracing::info!(pipeline = %pipeline, url = %s.url, session_present, generation = gen, "MQTT connected");
+        if *closing.borrow() {
+            break;
+        }
+        let codec = Codec::new(s.spec.protocol, s.spec.max_packet_size);
+        let attempt = tokio::time::timeout(Duration::from_secs(10), handshake(&s.spec, &codec))
+            .await
+            .unwrap_or_else(|_| Err("no CONNACK within 10 s".into()));
+        let failure = match attempt {
+            Ok((io, rest, session_present)) => {
+                generation += 1;
+                tracing::info!(pipeline = %pipeline, url = %s.url, session_present, generation, "MQTT connected");
                 s.connected.send_replace(true);
                 s.ctx.metrics.mqtt_connected.set(1);
-                backoff = Duration::from_millis(s.reconnect.initial_backoff_ms.max(1));
+                backoff = initial;
+                let (rd, wr) = tokio::io::split(io);
+                let (out_tx, out_rx) = mpsc::unbounded_channel();
+                if let Ok(mut w) = s.shared.writer.lock() {
+                    *w = Some((generation, out_tx.clone()));
+                }
                 if !session_present || first_connect {
-                    // Queue the subscribe without awaiting the event loop we
-                    // are running in; the request channel has room.
-                    let client = s.client.clone();
-                    let topics = s.topics.clone();
-                    let p = pipeline.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = client.subscribe(&topics).await {
-                            tracing::error!(pipeline = %p, error = %e, "MQTT subscribe failed");
-                        }
-                    });
+                    let _ = out_tx.send(Out::Subscribe(s.topics.clone()));
                 }
                 first_connect = false;
-            }
-            Ok(Polled::Publish { msg, qos, pkid }) => {
-                if s.shared.draining.load(Ordering::Acquire) {
-                    // Not acked: the broker redelivers it to our next session.
-                    continue;
+                let (dead_tx, dead_rx) = watch::channel(None::<String>);
+                let keep_alive = s.spec.keep_alive;
+                let wcodec = Codec::new(s.spec.protocol, s.spec.max_packet_size);
+                let writer = tokio::spawn(async move {
+                    let r = write_loop(wr, wcodec, out_rx, keep_alive).await;
+                    dead_tx.send_replace(Some(r.err().unwrap_or_else(|| "writer stopped".into())));
+                });
+                let res = read_phase(&s, &codec, rd, rest, generation, &out_tx, dead_rx).await;
+                if let Ok(mut w) = s.shared.writer.lock() {
+                    *w = None;
                 }
-                let gen = s.generation.load(Ordering::Acquire);
-                let inbound = Inbound {
-                    msg,
-                    token: token(gen, qos, pkid),
-                };
-                if s.tx.send(inbound).await.is_err() {
-                    break;
-                }
-            }
-            Ok(Polled::Disconnected) => {
-                if s.shared.draining.load(Ordering::Acquire) {
-                    break;
-                }
-            }
-            Ok(Polled::Other) => {}
-            Err(e) => {
+                drop(out_tx);
+                // Let a queued DISCONNECT (and acks) reach the socket.
+                let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
                 s.connected.send_replace(false);
                 s.ctx.metrics.mqtt_connected.set(0);
-                if s.shared.draining.load(Ordering::Acquire) {
-                    break;
+                match res {
+                    Ok(()) => break,
+                    Err(e) => e,
                 }
-                s.ctx.metrics.mqtt_reconnects.inc();
-                let jitter = rand::rng().random_range(0.5..1.0);
-                let wait = backoff.mul_f64(jitter);
-                tracing::warn!(pipeline = %pipeline, url = %s.url, error = %e, retry_in_ms = wait.as_millis() as u64, "MQTT connection failed");
-                tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(max_backoff);
             }
+            Err(e) => e,
+        };
+        if *closing.borrow() {
+            break;
         }
+        s.ctx.metrics.mqtt_reconnects.inc();
+        let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        tracing::warn!(pipeline = %pipeline, url = %s.url, error = %failure, retry_in_ms = wait.as_millis() as u64, "MQTT connection failed");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = closing.wait_for(|c| *c) => break,
+        }
+        backoff = (backoff * 2).min(max_backoff);
     }
     s.connected.send_replace(false);
     s.ctx.metrics.mqtt_connected.set(0);
+}
+
+/// Reads one connection until it fails (`Err`) or we are closing (`Ok`).
+async fn read_phase(
+    s: &LoopState,
+    codec: &Codec,
+    mut rd: tokio::io::ReadHalf<Box<dyn session::Io>>,
+    mut buf: bytes::BytesMut,
+    generation: u64,
+    out: &mpsc::UnboundedSender<Out>,
+    mut writer_dead: watch::Receiver<Option<String>>,
+) -> Result<(), String> {
+    let mut closing = s.shared.closing.subscribe();
+    let limit = s.spec.keep_alive * 2;
+    loop {
+        while let Some(p) = codec.decode(&mut buf)? {
+            match p {
+                In::Publish { msg, qos, pkid } => {
+                    if s.shared.draining.load(Ordering::Acquire) {
+                        // Not acked: the broker redelivers it to our next session.
+                        continue;
+                    }
+                    let inbound = Inbound {
+                        msg,
+                        token: token(generation, qos, pkid),
+                    };
+                    // Waiting here is the backpressure: the socket is not read.
+                    tokio::select! {
+                        r = s.tx.send(inbound) => if r.is_err() { return Ok(()) },
+                        _ = closing.wait_for(|c| *c) => return Ok(()),
+                        d = writer_dead.wait_for(|d| d.is_some()) => {
+                            return Err(d.map(|d| d.clone().unwrap_or_default()).unwrap_or_default())
+                        }
+                    }
+                }
+                In::PubRel(pkid) => {
+                    let _ = out.send(Out::PubComp(pkid));
+                }
+                In::SubAck(refused) if !refused.is_empty() => {
+                    let names: Vec<&str> = refused
+                        .iter()
+                        .filter_map(|i| s.topics.get(*i).map(|t| t.filter.as_str()))
+                        .collect();
+                    tracing::error!(pipeline = %s.ctx.pipeline, filters = ?names, "broker refused subscriptions");
+                }
+                In::Disconnect(reason) => return Err(format!("broker disconnected us: {reason}")),
+                In::ConnAck { .. } => return Err("unexpected CONNACK".into()),
+                _ => {}
+            }
+        }
+        buf.reserve(64 * 1024);
+        let n = tokio::select! {
+            r = tokio::time::timeout(limit, rd.read_buf(&mut buf)) => r
+                .map_err(|_| "no packet from the broker within twice the keep-alive".to_string())?
+                .map_err(|e| e.to_string())?,
+            _ = closing.wait_for(|c| *c) => {
+                // Give the broker a moment to see our DISCONNECT.
+                return Ok(());
+            }
+            d = writer_dead.wait_for(|d| d.is_some()) => {
+                return Err(d.map(|d| d.clone().unwrap_or_default()).unwrap_or_default())
+            }
+        };
+        if n == 0 {
+            return Err("broker closed the connection".into());
+        }
+    }
 }
 
 #[cfg(test)]
