@@ -207,9 +207,9 @@ async fn simulate_devices(port: u16, devices: usize, rate: u32, mut stop: watch:
         let topic = format!("sensors/dev-{dev:03}/telemetry");
         // Mostly good telemetry, some heartbeats (filtered out) and a rare
         // corrupt payload (dead-lettered).
-        let payload = if seq % 97 == 0 {
+        let payload = if seq.is_multiple_of(97) {
             b"{\"temperature_f\": 71.3, \"humidity\": ".to_vec()
-        } else if seq % 10 == 0 {
+        } else if seq.is_multiple_of(10) {
             serde_json::json!({"kind": "heartbeat", "seq": seq, "battery": 87})
                 .to_string()
                 .into_bytes()

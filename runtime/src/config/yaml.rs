@@ -287,10 +287,9 @@ impl PositionIndex {
                 *next += 1;
                 Some((p, at))
             }
-            Some(Frame::Map { path, key, .. }) => match key.take() {
-                Some((k, kpos)) => Some((join(path, &k), kpos)),
-                None => None,
-            },
+            Some(Frame::Map { path, key, .. }) => {
+                key.take().map(|(k, kpos)| (join(path, &k), kpos))
+            }
         }
     }
 }

@@ -290,11 +290,14 @@ fn token(generation: u64, qos: u8, pkid: u16) -> AckToken {
     (generation << GEN_SHIFT) | ((qos as u64) << QOS_SHIFT) | pkid as u64
 }
 
+/// The current connection's generation and writer queue, if connected.
+type CurrentWriter = Arc<Mutex<Option<(u64, mpsc::UnboundedSender<Out>)>>>;
+
 /// Hands acks to the current connection's writer, in release order. Acks
 /// of an earlier connection are dropped: the broker redelivers those
 /// messages, and their packet ids may already name other messages.
 struct MqttAcker {
-    writer: Arc<Mutex<Option<(u64, mpsc::UnboundedSender<Out>)>>>,
+    writer: CurrentWriter,
     manual: bool,
 }
 
@@ -324,7 +327,7 @@ struct Shared {
     draining: AtomicBool,
     /// Disconnect and end.
     closing: watch::Sender<bool>,
-    writer: Arc<Mutex<Option<(u64, mpsc::UnboundedSender<Out>)>>>,
+    writer: CurrentWriter,
 }
 
 /// Starts the MQTT source task.
