@@ -543,6 +543,23 @@ async fn run_loop(s: LoopState) {
     s.ctx.metrics.mqtt_connected.set(0);
 }
 
+/// Marks "stop reading, we are closing" where a byte count is expected.
+const CLOSING: usize = usize::MAX;
+
+/// After our DISCONNECT: read and discard until the broker closes the
+/// connection. Closing a socket with unread input makes the kernel send a
+/// reset, and the broker would then drop the acks it had not read yet.
+async fn drain_to_eof(rd: &mut tokio::io::ReadHalf<Box<dyn session::Io>>) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut scratch = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, rd.read(&mut scratch)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Ok(()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 /// Reads one connection until it fails (`Err`) or we are closing (`Ok`).
 async fn read_phase(
     s: &LoopState,
@@ -568,12 +585,21 @@ async fn read_phase(
                         token: token(generation, qos, pkid),
                     };
                     // Waiting here is the backpressure: the socket is not read.
+                    let mut close_now = false;
                     tokio::select! {
-                        r = s.tx.send(inbound) => if r.is_err() { return Ok(()) },
-                        _ = closing.wait_for(|c| *c) => return Ok(()),
+                        r = s.tx.send(inbound) => if r.is_err() {
+                            // The engine stopped taking messages (draining);
+                            // the connection stays up for its acks until
+                            // `close`.
+                            s.shared.draining.store(true, Ordering::Release);
+                        },
+                        _ = closing.wait_for(|c| *c) => close_now = true,
                         d = writer_dead.wait_for(|d| d.is_some()) => {
                             return Err(d.map(|d| d.clone().unwrap_or_default()).unwrap_or_default())
                         }
+                    }
+                    if close_now {
+                        return drain_to_eof(&mut rd).await;
                     }
                 }
                 In::PubRel(pkid) => {
@@ -596,14 +622,14 @@ async fn read_phase(
             r = tokio::time::timeout(limit, rd.read_buf(&mut buf)) => r
                 .map_err(|_| "no packet from the broker within twice the keep-alive".to_string())?
                 .map_err(|e| e.to_string())?,
-            _ = closing.wait_for(|c| *c) => {
-                // Give the broker a moment to see our DISCONNECT.
-                return Ok(());
-            }
+            _ = closing.wait_for(|c| *c) => CLOSING,
             d = writer_dead.wait_for(|d| d.is_some()) => {
                 return Err(d.map(|d| d.clone().unwrap_or_default()).unwrap_or_default())
             }
         };
+        if n == CLOSING {
+            return drain_to_eof(&mut rd).await;
+        }
         if n == 0 {
             return Err("broker closed the connection".into());
         }
