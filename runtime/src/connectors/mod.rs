@@ -50,6 +50,14 @@ impl std::fmt::Debug for WindowSlot {
 pub trait Acker: Send + Sync + 'static {
     /// Acknowledges one message; `slot` is released when the ack has left.
     fn ack(&self, token: AckToken, slot: WindowSlot);
+
+    /// False when the message can no longer be acked and the source will
+    /// deliver it again (e.g. it came on a connection that has since been
+    /// replaced). The engine skips such messages instead of delivering them
+    /// twice.
+    fn is_current(&self, _token: AckToken) -> bool {
+        true
+    }
 }
 
 /// A running source.

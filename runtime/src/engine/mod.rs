@@ -256,6 +256,7 @@ pub async fn run_with(
     // Intake: window permit, tracker registration, batching.
     let intake = {
         let tracker = tracker.clone();
+        let intake_acker = acker.clone();
         let metrics = metrics.clone();
         let max = p.batch.max_messages;
         let wait = Duration::from_millis(p.batch.max_wait_ms);
@@ -289,6 +290,11 @@ pub async fn run_with(
                         stopping = true;
                         break;
                     };
+                    if !intake_acker.is_current(token) {
+                        // The broker redelivers it on the new connection.
+                        drop(permit);
+                        continue;
+                    }
                     metrics.received.inc();
                     metrics.in_flight.inc();
                     let Ok(seq) = tracker.lock().map(|mut t| t.push(token, Some(permit))) else {

@@ -302,6 +302,18 @@ struct MqttAcker {
 }
 
 impl Acker for MqttAcker {
+    fn is_current(&self, token: AckToken) -> bool {
+        if !self.manual {
+            return true;
+        }
+        match self.writer.lock() {
+            Ok(w) => w
+                .as_ref()
+                .is_some_and(|(gen, _)| *gen == token >> GEN_SHIFT),
+            Err(_) => true,
+        }
+    }
+
     fn ack(&self, token: AckToken, slot: WindowSlot) {
         let qos = (token >> QOS_SHIFT) & 0xff;
         if !self.manual || qos == 0 {
