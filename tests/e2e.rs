@@ -1056,3 +1056,286 @@ sink:
         counter.duplicate_ranges(20)
     );
 }
+
+// ---- TLS and authentication ------------------------------------------------
+//
+// The secured brokers keep their plain, anonymous listener (`mqtt.url()`)
+// for the test's publisher; sluice alone uses the secured one
+// (`mqtt.secure_url()`).
+
+/// The user the password brokers admit.
+const MQTT_USER: &str = "sluice-e2e";
+
+/// Five messages `{"seq": 0..5}` on `topic/dev-N`.
+fn five_messages(topic: &str) -> Vec<MqttMessage> {
+    (0..5)
+        .map(|seq| {
+            MqttMessage::new(
+                format!("{topic}/dev-{seq}"),
+                json!({ "seq": seq }).to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A pipeline `name` from `url` (`topic/#`) to the Kafka topic `name`,
+/// logging in with `password` (as `MQTT_USER`), retrying every 50-500 ms.
+fn password_pipeline(name: &str, url: &str, password: &str, kafka: &Tansu) -> String {
+    format!(
+        r#"
+apiVersion: sluice/v1
+name: {name}
+source:
+  mqtt:
+    url: {url}
+    client_id: e2e-{name}
+    username: {MQTT_USER}
+    password: "{password}"
+    reconnect: {{ initial_backoff_ms: 50, max_backoff_ms: 500 }}
+    topics:
+      - filter: {name}/#
+        qos: 1
+sink:
+  kafka:
+    brokers: {brokers}
+    topic: {name}
+"#,
+        brokers = kafka.brokers(),
+    )
+}
+
+/// The `/api/v1/pipelines` entry of pipeline `name`.
+fn pipeline_status(sluice: &Sluice, name: &str) -> Value {
+    let body = sluice.get("/api/v1/pipelines").body;
+    let all: Value = serde_json::from_str(&body)
+        .unwrap_or_else(|err| panic!("/api/v1/pipelines is not JSON ({err}): {body}"));
+    all["pipelines"]
+        .as_array()
+        .and_then(|pipelines| pipelines.iter().find(|p| p["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no pipeline {name} in /api/v1/pipelines: {body}"))
+}
+
+/// A pipeline `name` from the TLS listener of `mqtt` (`topic/#`) to the
+/// Kafka topic `name`, trusting the broker's CA, with the client
+/// certificate or without.
+fn tls_pipeline(name: &str, mqtt: &Mosquitto, kafka: &Tansu, client_cert: bool) -> String {
+    let files = mqtt.tls_files();
+    let mut tls = format!("{{ ca_file: {}", files.ca_file.display());
+    if client_cert {
+        tls += &format!(
+            ", client_cert_file: {}, client_key_file: {}",
+            files.client_cert_file.display(),
+            files.client_key_file.display()
+        );
+    }
+    tls += " }";
+    format!(
+        r#"
+apiVersion: sluice/v1
+name: {name}
+source:
+  mqtt:
+    url: {url}
+    client_id: e2e-{name}
+    tls: {tls}
+    reconnect: {{ initial_backoff_ms: 50, max_backoff_ms: 500 }}
+    topics:
+      - filter: {name}/#
+        qos: 1
+sink:
+  kafka:
+    brokers: {brokers}
+    topic: {name}
+"#,
+        url = mqtt.secure_url(),
+        brokers = kafka.brokers(),
+    )
+}
+
+#[test]
+fn an_mqtts_source_with_a_private_ca_delivers() {
+    let mqtt = Mosquitto::start_tls(TlsOptions {
+        require_certificate: true,
+    });
+    let kafka = Tansu::start();
+    kafka.create_topic("tls", 1);
+    let _sluice = Sluice::start(&[tls_pipeline("tls", &mqtt, &kafka, true)]);
+
+    publish(&mqtt.url(), Protocol::V5, 1, &five_messages("tls"));
+    let records = consume_with_grace(&kafka.brokers(), "tls", 5, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    assert_eq!(seqs(&records), vec![0, 1, 2, 3, 4], "records: {records:#?}");
+}
+
+/// The counterpart of the test above: the broker really demands the client
+/// certificate, so that test's success means mutual TLS works.
+#[test]
+fn an_mqtts_source_without_the_required_client_certificate_is_refused() {
+    let mqtt = Mosquitto::start_tls(TlsOptions {
+        require_certificate: true,
+    });
+    let kafka = Tansu::start();
+    let mut sluice = Sluice::spawn(&[tls_pipeline("nocert", &mqtt, &kafka, false)]);
+    sluice.wait_listening(READY_TIMEOUT);
+    let retried = wait_until(deadline(Duration::from_secs(30)), || {
+        sluice
+            .metric("sluice_mqtt_reconnects_total", &[("pipeline", "nocert")])
+            .is_some_and(|failures| failures >= 2.0)
+    });
+    assert!(
+        retried,
+        "sluice did not fail to connect twice\n{}",
+        sluice.output_tail(20)
+    );
+    assert_eq!(sluice.get("/readyz").status, 503);
+    assert_eq!(
+        pipeline_status(&sluice, "nocert")["source_connected"],
+        false
+    );
+    // rustls's words for the broker's alert.
+    assert!(
+        sluice.stderr().contains("CertificateRequired"),
+        "the missing certificate is not in sluice's log:\n{}",
+        sluice.output_tail(20)
+    );
+}
+
+#[test]
+fn a_username_and_password_source_delivers() {
+    let mqtt = Mosquitto::start_with_password(MQTT_USER, "correct-horse-battery");
+    let kafka = Tansu::start();
+    kafka.create_topic("authed", 1);
+    let _sluice = Sluice::start(&[password_pipeline(
+        "authed",
+        &mqtt.secure_url(),
+        "correct-horse-battery",
+        &kafka,
+    )]);
+
+    publish(&mqtt.url(), Protocol::V5, 1, &five_messages("authed"));
+    let records = consume_with_grace(
+        &kafka.brokers(),
+        "authed",
+        5,
+        DELIVERY_TIMEOUT,
+        QUIET_PERIOD,
+    );
+    assert_eq!(seqs(&records), vec![0, 1, 2, 3, 4], "records: {records:#?}");
+}
+
+#[test]
+fn a_wrong_password_is_reported_and_retried_without_crashing() {
+    let mqtt = Mosquitto::start_with_password(MQTT_USER, "correct-horse-battery");
+    let kafka = Tansu::start();
+    kafka.create_topic("refused", 1);
+    let mut sluice = Sluice::spawn(&[password_pipeline(
+        "refused",
+        &mqtt.secure_url(),
+        "not-the-password",
+        &kafka,
+    )]);
+    sluice.wait_listening(READY_TIMEOUT);
+
+    // Refused, logged, and tried again (and again).
+    let retried = wait_until(deadline(Duration::from_secs(30)), || {
+        sluice
+            .metric("sluice_mqtt_reconnects_total", &[("pipeline", "refused")])
+            .is_some_and(|failures| failures >= 3.0)
+    });
+    assert!(
+        retried,
+        "fewer than 3 failed connection attempts; metrics:\n{}\n{}",
+        sluice.metrics(),
+        sluice.output_tail(20)
+    );
+    let stderr = sluice.stderr();
+    assert!(
+        stderr.contains("MQTT connection failed")
+            && stderr.contains("broker refused the connection"),
+        "the refusal is not in sluice's log:\n{}",
+        sluice.output_tail(20)
+    );
+
+    // Still up, and honest about it.
+    assert!(pid_is_alive(sluice.pid()), "sluice exited");
+    assert_eq!(sluice.get("/healthz").status, 200);
+    let readyz = sluice.get("/readyz");
+    assert_eq!(readyz.status, 503, "/readyz: {}", readyz.body);
+    let status = pipeline_status(&sluice, "refused");
+    assert_eq!(status["source_connected"], false, "{status}");
+    assert_eq!(
+        sluice.metric("sluice_mqtt_connected", &[("pipeline", "refused")]),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn the_password_never_appears_in_logs_or_the_api() {
+    const RIGHT: &str = "Right-Pa55word-8c1f";
+    const WRONG: &str = "Wrong-Pa55word-4e7a";
+    let mqtt = Mosquitto::start_with_password(MQTT_USER, RIGHT);
+    let kafka = Tansu::start();
+    kafka.create_topic("trusted", 1);
+    // One pipeline logs in, one is refused; everything is logged.
+    let mut sluice = Sluice::spawn_with_env(
+        &[
+            password_pipeline("trusted", &mqtt.secure_url(), RIGHT, &kafka),
+            password_pipeline("refused", &mqtt.secure_url(), WRONG, &kafka),
+        ],
+        &[("SLUICE_LOG", "trace")],
+    );
+    sluice.wait_listening(READY_TIMEOUT);
+    let trusted_ready = || pipeline_status(&sluice, "trusted")["ready"] == true;
+    assert!(
+        wait_until(deadline(READY_TIMEOUT), trusted_ready),
+        "pipeline `trusted` not ready\n{}",
+        sluice.output_tail(20)
+    );
+    publish(&mqtt.url(), Protocol::V5, 1, &five_messages("trusted"));
+    let records = consume(&kafka.brokers(), "trusted", 5, DELIVERY_TIMEOUT);
+    assert_eq!(seqs(&records), vec![0, 1, 2, 3, 4]);
+    assert!(
+        wait_until(deadline(Duration::from_secs(30)), || sluice
+            .metric("sluice_mqtt_reconnects_total", &[("pipeline", "refused")])
+            .is_some_and(|failures| failures >= 2.0)),
+        "pipeline `refused` was not refused twice\n{}",
+        sluice.output_tail(20)
+    );
+
+    let mut seen = Vec::new();
+    for path in [
+        "/api/v1/pipelines",
+        "/api/v1/pipelines/trusted",
+        "/api/v1/pipelines/refused",
+        "/metrics",
+        "/readyz",
+    ] {
+        seen.push((format!("GET {path}"), sluice.get(path).body));
+    }
+    // The drain and shutdown log too.
+    let status = sluice.stop();
+    assert!(status.success(), "sluice exited with {status}");
+    for entry in std::fs::read_dir(sluice.dir()).expect("sluice's folder") {
+        let path = entry.expect("sluice's folder").path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with("sluice-") && (name.ends_with(".stderr") || name.ends_with(".stdout")) {
+            let text = std::fs::read_to_string(&path).expect("sluice's output");
+            seen.push((path.display().to_string(), text));
+        }
+    }
+    // The check means something only if the log is at its most verbose and
+    // has the failed logins in it.
+    let log = sluice.stderr();
+    assert!(
+        log.contains("TRACE") && log.contains("broker refused the connection"),
+        "expected trace lines and the refusal in sluice's log:\n{log}"
+    );
+    for (place, text) in &seen {
+        for secret in [RIGHT, WRONG] {
+            assert!(
+                !text.contains(secret),
+                "the password {secret:?} appears in {place}:\n{text}"
+            );
+        }
+    }
+}

@@ -184,3 +184,64 @@ fn wait_until_polls_until_the_deadline() {
         Some(3)
     );
 }
+
+#[test]
+fn secured_mosquitto_brokers_keep_an_open_listener_and_are_stopped_on_drop() {
+    let tls = Mosquitto::start_tls(TlsOptions {
+        require_certificate: true,
+    });
+    assert!(tls.secure_url().starts_with("mqtts://127.0.0.1:"));
+    let files = tls.tls_files().clone();
+    // The server and client certificates chain to the broker's own CA.
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&files.ca_file)
+        .arg(&files.server_cert_file)
+        .arg(&files.client_cert_file)
+        .output()
+        .expect("run openssl verify");
+    assert!(
+        verify.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(files.client_key_file.is_file());
+
+    let password = Mosquitto::start_with_password("user", "pass");
+    assert!(password.secure_url().starts_with("mqtt://127.0.0.1:"));
+
+    for broker in [&tls, &password] {
+        // The plain listener stays open to the harness's clients.
+        let subscriber = MqttSubscriber::start(&broker.url(), Protocol::V5, "open/#", 1);
+        publish(
+            &broker.url(),
+            Protocol::V5,
+            1,
+            &[MqttMessage::new("open/a", "x")],
+        );
+        assert_eq!(subscriber.wait_for(1, Duration::from_secs(10)).len(), 1);
+    }
+    // The password listener admits no anonymous client.
+    let anonymous = std::panic::catch_unwind(|| {
+        publish(
+            &password.secure_url(),
+            Protocol::V5,
+            1,
+            &[MqttMessage::new("closed/a", "x")],
+        )
+    });
+    assert!(anonymous.is_err(), "an anonymous client got in");
+
+    let ports = [
+        tls.port(),
+        tls.secure_port(),
+        password.port(),
+        password.secure_port(),
+    ];
+    drop(tls);
+    drop(password);
+    for port in ports {
+        assert!(!port_is_open(port), "port {port} still open after drop");
+    }
+}

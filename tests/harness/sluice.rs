@@ -64,6 +64,7 @@ pub struct Sluice {
     process: Option<ChildProcess>,
     addr: Option<SocketAddr>,
     files: Vec<PathBuf>,
+    env: Vec<(String, String)>,
     runs: usize,
     dir: TempDir,
 }
@@ -80,6 +81,12 @@ impl Sluice {
 
     /// Like [`Sluice::start`] but returns right after spawning.
     pub fn spawn<S: AsRef<str>>(pipelines: &[S]) -> Sluice {
+        Sluice::spawn_with_env(pipelines, &[])
+    }
+
+    /// Like [`Sluice::spawn`], with extra environment variables for sluice
+    /// (e.g. `("SLUICE_LOG", "debug")`), also on every restart.
+    pub fn spawn_with_env<S: AsRef<str>>(pipelines: &[S], env: &[(&str, &str)]) -> Sluice {
         assert!(!pipelines.is_empty(), "sluice needs at least one pipeline");
         let dir = temp_dir("sluice-run-");
         let files = pipelines
@@ -100,6 +107,10 @@ impl Sluice {
             process: None,
             addr: None,
             files,
+            env: env
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
             runs: 0,
             dir,
         };
@@ -116,6 +127,7 @@ impl Sluice {
             .arg("run")
             .args(&self.files)
             .args(["--listen", "127.0.0.1:0"])
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .current_dir(self.dir.path());
         let name = format!("sluice-{}", self.runs);
         let process = ChildProcess::spawn(&name, command, self.dir.path(), STOP_GRACE)

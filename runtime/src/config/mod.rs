@@ -393,7 +393,7 @@ pub fn load_checked(
     } else {
         None
     };
-    let source = match source_section {
+    let mut source = match source_section {
         Some(SourceSection { mqtt: Some(m) }) => Some(SourceConfig::Mqtt(m)),
         Some(SourceSection { mqtt: None }) => {
             err(yaml::YamlError {
@@ -507,6 +507,21 @@ pub fn load_checked(
         transforms.push(t);
     }
 
+    if let Some(SourceConfig::Mqtt(m)) = &mut source {
+        // Like plugin paths, TLS files are relative to the pipeline file.
+        if let Some(tls) = &mut m.tls {
+            for f in [
+                &mut tls.ca_file,
+                &mut tls.client_cert_file,
+                &mut tls.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *f = base.join(&*f);
+            }
+        }
+    }
     if let Some(SourceConfig::Mqtt(m)) = &source {
         for e in m.check(delivery) {
             err(yaml::YamlError {

@@ -291,8 +291,18 @@ impl WasmHost {
             ))
         })?;
         let pre = TransformPre::new(pre).map_err(|e| {
+            let exports: Vec<String> = component
+                .component_type()
+                .exports(&self.engine)
+                .map(|(name, _)| format!("`{name}`"))
+                .collect();
+            let found = if exports.is_empty() {
+                "it exports nothing".to_string()
+            } else {
+                format!("it exports {}", exports.join(", "))
+            };
             WasmError::Link(format!(
-                "plugin `{}` does not export the `sluice:transform/transform` world: {e:#}",
+                "plugin `{}` does not export the `sluice:transform/transform` world: {e:#} ({found})",
                 path.display()
             ))
         })?;
