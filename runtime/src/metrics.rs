@@ -13,6 +13,7 @@ pub struct Metrics {
     delivered: IntCounterVec,
     dropped: IntCounterVec,
     dead_lettered: IntCounterVec,
+    failed: IntCounterVec,
     in_flight: IntGaugeVec,
     transform_duration: HistogramVec,
     e2e: HistogramVec,
@@ -29,8 +30,6 @@ pub struct TransformMetrics {
     pub duration: Histogram,
     /// Messages the transform dropped on purpose.
     pub dropped: IntCounter,
-    /// Messages it failed (sent to the error path).
-    pub dead_lettered: IntCounter,
     /// Traps by kind.
     traps: IntCounterVec,
     pipeline: String,
@@ -57,8 +56,14 @@ pub struct PipelineMetrics {
     pub received: IntCounter,
     /// Messages written to the sink (outputs, after splits).
     pub delivered: IntCounter,
-    /// Messages failed in the sink stage.
+    /// Failed in a transform, written to the dead-letter topic.
+    pub dead_lettered_transform: IntCounter,
+    /// Failed in the sink stage, written to the dead-letter topic.
     pub dead_lettered_sink: IntCounter,
+    /// Failed in a transform (any policy).
+    pub failed_transform: IntCounter,
+    /// Failed in the sink stage (any policy).
+    pub failed_sink: IntCounter,
     /// Un-acked messages.
     pub in_flight: IntGauge,
     /// Receipt to Kafka ack.
@@ -108,7 +113,12 @@ impl Metrics {
             ),
             dead_lettered: counter(
                 "sluice_messages_dead_lettered_total",
-                "Messages sent down the error path, by stage.",
+                "Failed messages written to the dead-letter topic, by stage.",
+                &["pipeline", "stage"],
+            ),
+            failed: counter(
+                "sluice_messages_failed_total",
+                "Messages that failed, by stage, whatever the error policy did with them.",
                 &["pipeline", "stage"],
             ),
             in_flight: gauge(
@@ -162,6 +172,7 @@ impl Metrics {
             Box::new(m.delivered.clone()),
             Box::new(m.dropped.clone()),
             Box::new(m.dead_lettered.clone()),
+            Box::new(m.failed.clone()),
             Box::new(m.in_flight.clone()),
             Box::new(m.transform_duration.clone()),
             Box::new(m.e2e.clone()),
@@ -184,11 +195,15 @@ impl Metrics {
         // Make the error-path series visible at zero from the start.
         for stage in ["transform", "sink"] {
             self.dead_lettered.with_label_values(&[name, stage]);
+            self.failed.with_label_values(&[name, stage]);
         }
         PipelineMetrics {
             received: self.received.with_label_values(l),
             delivered: self.delivered.with_label_values(l),
+            dead_lettered_transform: self.dead_lettered.with_label_values(&[name, "transform"]),
             dead_lettered_sink: self.dead_lettered.with_label_values(&[name, "sink"]),
+            failed_transform: self.failed.with_label_values(&[name, "transform"]),
+            failed_sink: self.failed.with_label_values(&[name, "sink"]),
             in_flight: self.in_flight.with_label_values(l),
             e2e: self.e2e.with_label_values(l),
             mqtt_connected: self.mqtt_connected.with_label_values(l),
@@ -199,7 +214,6 @@ impl Metrics {
                 .map(|t| TransformMetrics {
                     duration: self.transform_duration.with_label_values(&[name, t]),
                     dropped: self.dropped.with_label_values(&[name, t]),
-                    dead_lettered: self.dead_lettered.with_label_values(&[name, "transform"]),
                     traps: self.traps.clone(),
                     pipeline: name.to_string(),
                     transform: t.clone(),

@@ -246,12 +246,41 @@ pub struct TransformConfig {
     pub config_pos: Pos,
 }
 
+/// What happens to a message that fails (transform error or trap,
+/// permanent sink rejection, unrenderable template).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Write it to `dead_letter_topic` with error headers, then ack it.
+    DeadLetter,
+    /// Log it, count it and ack it: the message is gone.
+    Drop,
+    /// Stop the pipeline without acking it; the pipeline restarts with
+    /// backoff and meets the message again (redelivered by the broker).
+    Fail,
+}
+
 /// Failure handling.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsConfig {
     /// Kafka topic that failed messages go to, with error headers.
     pub dead_letter_topic: Option<String>,
+    /// Policy; default `dead-letter` when a dead-letter topic is set, else
+    /// `fail` (nothing is ever discarded unless the YAML says `drop`).
+    #[serde(default)]
+    pub policy: Option<ErrorPolicy>,
+}
+
+impl ErrorsConfig {
+    /// The policy in force.
+    pub fn policy(&self) -> ErrorPolicy {
+        match (self.policy, &self.dead_letter_topic) {
+            (Some(p), _) => p,
+            (None, Some(_)) => ErrorPolicy::DeadLetter,
+            (None, None) => ErrorPolicy::Fail,
+        }
+    }
 }
 
 impl Pipeline {
@@ -537,6 +566,13 @@ pub fn load_checked(
                 message: e.message,
             });
         }
+    }
+    if errors_cfg.policy == Some(ErrorPolicy::DeadLetter) && errors_cfg.dead_letter_topic.is_none()
+    {
+        err(yaml::YamlError {
+            pos: doc.value_pos("errors.policy"),
+            message: "errors.policy dead-letter needs errors.dead_letter_topic".into(),
+        });
     }
     if let Some(dlq) = &errors_cfg.dead_letter_topic {
         if let Err(e) = crate::connectors::kafka::check_topic_name(dlq) {

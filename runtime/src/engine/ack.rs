@@ -81,8 +81,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
+    use proptest::strategy::Strategy;
 
     #[test]
     fn acks_wait_for_every_earlier_message() {
@@ -100,31 +99,32 @@ mod tests {
         assert!(t.is_empty());
     }
 
-    /// Random completion orders never release an ack early or out of order.
-    #[test]
-    fn random_settle_orders_release_in_arrival_order_only_when_settled() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-        for round in 0..500 {
-            let n = 1 + round % 64;
+    proptest::proptest! {
+        /// Random completion orders (with repeats) never release an ack
+        /// early or out of order: after each settle, exactly the longest
+        /// fully settled prefix has been released.
+        #[test]
+        fn random_settle_orders_release_in_arrival_order_only_when_settled(
+            order in (1usize..200).prop_flat_map(|n| {
+                proptest::collection::vec(0..n as u64, n..n * 2)
+                    .prop_map(move |v| (n, v))
+            })
+        ) {
+            let (n, settles) = order;
             let mut t = Tracker::default();
             for i in 0..n {
                 t.push(i as u64, None);
             }
-            let mut order: Vec<u64> = (0..n as u64).collect();
-            order.shuffle(&mut rng);
             let mut settled = vec![false; n];
             let mut released = Vec::new();
-            for &s in &order {
+            for s in settles.iter().copied().chain(0..n as u64) {
                 settled[s as usize] = true;
-                // Settling twice is harmless.
-                t.settle(s, &mut released);
                 t.settle(s, &mut released);
                 let tokens: Vec<u64> = released.iter().map(|r| r.token).collect();
-                // Released is exactly the longest settled prefix.
                 let prefix = settled.iter().take_while(|s| **s).count();
-                assert_eq!(tokens, (0..prefix as u64).collect::<Vec<_>>());
+                proptest::prop_assert_eq!(tokens, (0..prefix as u64).collect::<Vec<_>>());
             }
-            assert!(t.is_empty());
+            proptest::prop_assert!(t.is_empty());
         }
     }
 }

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::config::{Delivery, Pipeline};
+use crate::config::{Delivery, ErrorPolicy, Pipeline};
 use crate::connectors::{self, Context, Failure, Inbound, Sink};
 use crate::message::Message;
 use crate::metrics::PipelineMetrics;
@@ -188,7 +188,7 @@ pub async fn run_with(
     p: &Pipeline,
     host: &Arc<WasmHost>,
     status: &Arc<Status>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     connect: impl FnOnce(&Context) -> Result<(Arc<dyn Sink>, connectors::SourceHandle), String>,
 ) -> Result<(), String> {
     let metrics = status.metrics.clone();
@@ -254,13 +254,28 @@ pub async fn run_with(
     let mut messages = source.messages;
 
     // Intake: window permit, tracker registration, batching.
+    // The pipeline stops on the process's shutdown or on a fatal error
+    // (`errors.policy: fail`).
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (fatal_tx, fatal_rx) = watch::channel(None::<String>);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        let mut external = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = external.wait_for(|s| *s).await;
+            stop_tx.send_replace(true);
+        });
+    }
+    let policy = p.errors.policy();
     let intake = {
+        let shutdown = stop_rx.clone();
         let tracker = tracker.clone();
         let intake_acker = acker.clone();
         let metrics = metrics.clone();
         let max = p.batch.max_messages;
         let wait = Duration::from_millis(p.batch.max_wait_ms);
-        let mut shutdown = shutdown.clone();
+        let mut shutdown = shutdown;
         tokio::spawn(async move {
             let mut stopping = false;
             while !stopping {
@@ -330,13 +345,21 @@ pub async fn run_with(
                 tokio::select! {
                     d = done_rx.recv(), if open => match d {
                         Some(batch) => for d in batch {
-                            pending.push(settle_one(sink.clone(), metrics.clone(), pipeline.clone(), d));
+                            pending.push(settle_one(sink.clone(), metrics.clone(), pipeline.clone(), policy, d));
                         },
                         None => open = false,
                     },
-                    Some(seq) = pending.next() => {
+                    Some(settled) = pending.next() => {
+                        if let Some(reason) = settled.fatal {
+                            // Never settled: nothing from here on is acked,
+                            // and the broker redelivers it after the restart.
+                            if fatal_tx.send_replace(Some(reason)).is_none() {
+                                stop_tx.send_replace(true);
+                            }
+                            continue;
+                        }
                         if let Ok(mut t) = tracker.lock() {
-                            t.settle(seq, &mut released);
+                            t.settle(settled.seq, &mut released);
                         }
                         for r in released.drain(..) {
                             acker.ack(r.token, connectors::WindowSlot::new(r.permit));
@@ -350,7 +373,8 @@ pub async fn run_with(
         })
     };
 
-    let _ = shutdown.wait_for(|s| *s).await;
+    let mut stop = stop_rx.clone();
+    let _ = stop.wait_for(|s| *s).await;
     status.set(State::Stopping, None);
     (source.stop_intake)();
     let _ = intake.await;
@@ -362,7 +386,11 @@ pub async fn run_with(
     sink.flush(Duration::from_secs(10)).await;
     (source.close)().await;
     let _ = worker.join();
-    Ok(())
+    let fatal = fatal_rx.borrow().clone();
+    match fatal {
+        Some(reason) => Err(reason),
+        None => Ok(()),
+    }
 }
 
 fn metrics_for(m: &Arc<PipelineMetrics>) -> Vec<crate::metrics::TransformMetrics> {
@@ -376,14 +404,23 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Delivers one input's outputs (or dead-letters it) and returns its seq
+/// What became of one input.
+struct Settled {
+    seq: u64,
+    /// Set under `errors.policy: fail`: the pipeline must stop without
+    /// acking this message.
+    fatal: Option<String>,
+}
+
+/// Delivers one input's outputs (or applies the error policy) and reports
 /// once its fate is settled. Transient errors are retried forever.
 async fn settle_one(
     sink: Arc<dyn Sink>,
     metrics: Arc<PipelineMetrics>,
     pipeline: String,
+    policy: ErrorPolicy,
     d: Done,
-) -> u64 {
+) -> Settled {
     let failure = match d.outcome {
         Outcome::Failed(f) => Some(f),
         Outcome::Deliver(outs) => {
@@ -402,13 +439,45 @@ async fn settle_one(
             failure
         }
     };
-    if let Some(f) = failure {
-        if f.stage == "sink" {
-            metrics.dead_lettered_sink.inc();
-        }
-        dead_letter_retrying(&*sink, &metrics, &pipeline, &d.input, &f).await;
+    let Some(f) = failure else {
+        return Settled {
+            seq: d.seq,
+            fatal: None,
+        };
+    };
+    let sink_stage = f.stage == "sink";
+    if sink_stage {
+        metrics.failed_sink.inc();
+    } else {
+        metrics.failed_transform.inc();
     }
-    d.seq
+    let fatal = match policy {
+        ErrorPolicy::DeadLetter => {
+            if dead_letter_retrying(&*sink, &metrics, &pipeline, &d.input, &f).await {
+                if sink_stage {
+                    metrics.dead_lettered_sink.inc();
+                } else {
+                    metrics.dead_lettered_transform.inc();
+                }
+            }
+            None
+        }
+        ErrorPolicy::Drop => {
+            tracing::warn!(pipeline, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %d.input.topic, "message failed and errors.policy is drop: discarded");
+            None
+        }
+        ErrorPolicy::Fail => Some(format!(
+            "errors.policy fail: {} failed{}: {} (MQTT topic {})",
+            f.stage,
+            f.transform
+                .as_deref()
+                .map(|t| format!(" in transform `{t}`"))
+                .unwrap_or_default(),
+            f.reason,
+            d.input.topic
+        )),
+    };
+    Settled { seq: d.seq, fatal }
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -442,26 +511,41 @@ async fn deliver_retrying(
     }
 }
 
+/// Writes a failed message to the dead-letter topic, retrying transient
+/// errors. If the record itself is rejected for good (e.g. too large), it is
+/// written once more without its payload, with `sluice.error.payload_omitted`
+/// saying why. Returns whether a dead-letter record was written.
 async fn dead_letter_retrying(
     sink: &dyn Sink,
     metrics: &PipelineMetrics,
     pipeline: &str,
     m: &Message,
     f: &Failure,
-) {
+) -> bool {
     let mut attempt = 0;
+    let mut record = std::borrow::Cow::Borrowed(m);
     loop {
-        match sink.dead_letter(m, f).await {
-            Ok(true) => return,
+        match sink.dead_letter(&record, f).await {
+            Ok(true) => return true,
             Ok(false) => {
                 tracing::error!(pipeline, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %m.topic, "message failed and no dead_letter_topic is configured: discarded");
-                return;
+                return false;
             }
             Err(e) => {
                 metrics.produce_errors.inc();
                 if e.permanent {
+                    if !record.payload.is_empty() {
+                        let mut slim = m.clone();
+                        slim.payload = bytes::Bytes::new();
+                        slim.headers.push((
+                            "sluice.error.payload_omitted".into(),
+                            format!("{} bytes: {}", m.payload.len(), e.message),
+                        ));
+                        record = std::borrow::Cow::Owned(slim);
+                        continue;
+                    }
                     tracing::error!(pipeline, error = %e, reason = %f.reason, "dead-letter write rejected permanently: message discarded");
-                    return;
+                    return false;
                 }
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;

@@ -18,13 +18,20 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 
 fn pipeline(max_in_flight: usize) -> Pipeline {
+    pipeline_with(max_in_flight, "{ dead_letter_topic: dlq }")
+}
+
+fn pipeline_with(max_in_flight: usize, errors: &str) -> Pipeline {
     let yaml = format!(
         "apiVersion: sluice/v1\nname: fake\nmax_in_flight: {max_in_flight}\nbatch: {{ max_messages: 8, max_wait_ms: 1 }}\n\
          source:\n  mqtt:\n    url: mqtt://127.0.0.1:1\n    client_id: c\n    topics: [{{ filter: a/+, qos: 1 }}]\n\
-         sink:\n  kafka: {{ brokers: 127.0.0.1:1, topic: t }}\nerrors: {{ dead_letter_topic: dlq }}\n"
+         sink:\n  kafka: {{ brokers: 127.0.0.1:1, topic: t }}\nerrors: {errors}\n"
     );
     crate::config::load_str(Path::new("fake.yaml"), &yaml, |_| None).expect("valid test pipeline")
 }
+
+/// Headers of one dead-letter record.
+type Headers = Vec<(String, String)>;
 
 #[derive(Default)]
 struct Acks(Mutex<Vec<AckToken>>);
@@ -42,6 +49,7 @@ struct FakeSink {
     gate: watch::Receiver<bool>,
     delivered: Arc<Mutex<Vec<String>>>,
     dead: Arc<Mutex<Vec<(String, String)>>>,
+    dead_headers: Arc<Mutex<Vec<Headers>>>,
     started: Arc<AtomicUsize>,
     flaky_failures: Arc<AtomicUsize>,
     connected: watch::Receiver<bool>,
@@ -55,7 +63,7 @@ impl Sink for FakeSink {
         let flaky = self.flaky_failures.clone();
         self.started.fetch_add(1, Ordering::SeqCst);
         async move {
-            if payload == "perm" {
+            if payload == "perm" || payload == "huge" {
                 return Err(DeliveryError {
                     permanent: true,
                     message: "too large".into(),
@@ -83,10 +91,21 @@ impl Sink for FakeSink {
         msg: &Message,
         failure: &Failure,
     ) -> BoxFuture<'static, Result<bool, DeliveryError>> {
+        if &msg.payload[..] == b"huge" {
+            // Too large for the dead-letter topic as well.
+            return async {
+                Err(DeliveryError {
+                    permanent: true,
+                    message: "too large".into(),
+                })
+            }
+            .boxed();
+        }
         self.dead.lock().unwrap().push((
             String::from_utf8_lossy(&msg.payload).into_owned(),
             failure.reason.clone(),
         ));
+        self.dead_headers.lock().unwrap().push(msg.headers.clone());
         async { Ok(true) }.boxed()
     }
 
@@ -104,6 +123,7 @@ struct Harness {
     acks: Arc<Acks>,
     delivered: Arc<Mutex<Vec<String>>>,
     dead: Arc<Mutex<Vec<(String, String)>>>,
+    dead_headers: Arc<Mutex<Vec<Headers>>>,
     started: Arc<AtomicUsize>,
     gate: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -113,7 +133,10 @@ struct Harness {
 }
 
 fn start(max_in_flight: usize) -> Harness {
-    let p = pipeline(max_in_flight);
+    start_with(pipeline(max_in_flight))
+}
+
+fn start_with(p: Pipeline) -> Harness {
     let host = Arc::new(WasmHost::new(None).expect("engine"));
     let metrics = Metrics::new();
     let status = Arc::new(Status::new("fake", Arc::new(metrics.pipeline("fake", &[]))));
@@ -126,6 +149,7 @@ fn start(max_in_flight: usize) -> Harness {
         gate: gate_rx,
         delivered: Arc::default(),
         dead: Arc::default(),
+        dead_headers: Arc::default(),
         started: Arc::default(),
         flaky_failures: Arc::default(),
         connected: connected_rx.clone(),
@@ -135,6 +159,7 @@ fn start(max_in_flight: usize) -> Harness {
         sink.dead.clone(),
         sink.started.clone(),
     );
+    let dead_headers = sink.dead_headers.clone();
     let acker: Arc<dyn Acker> = acks.clone();
     let source = SourceHandle {
         messages: rx,
@@ -153,6 +178,7 @@ fn start(max_in_flight: usize) -> Harness {
         acks,
         delivered,
         dead,
+        dead_headers,
         started,
         gate,
         shutdown,
@@ -307,4 +333,65 @@ async fn shutdown_drains_in_flight_messages_before_returning() {
     let acks = h.acks.clone();
     h.task.await.unwrap().unwrap();
     assert_eq!(*acks.0.lock().unwrap(), (0..5).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_dead_letter_too_large_for_kafka_is_written_without_its_payload() {
+    let h = start(100);
+    h.send(0, "huge").await;
+    h.send(1, "ok").await;
+    eventually("acked", || h.acks().len() == 2).await;
+    assert_eq!(h.dead.lock().unwrap()[0].0, "", "payload omitted");
+    let headers = h.dead_headers.lock().unwrap()[0].clone();
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "sluice.error.payload_omitted" && v.starts_with("4 bytes")),
+        "{headers:?}"
+    );
+    assert_eq!(h.status.metrics.dead_lettered_sink.get(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_drop_policy_acks_and_counts_a_failed_message() {
+    let h = start_with(pipeline_with(100, "{ policy: drop }"));
+    h.send(0, "perm").await;
+    h.send(1, "ok").await;
+    eventually("acked", || h.acks().len() == 2).await;
+    assert!(h.dead.lock().unwrap().is_empty());
+    assert_eq!(h.status.metrics.failed_sink.get(), 1);
+    assert_eq!(h.status.metrics.dead_lettered_sink.get(), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_fail_policy_stops_the_pipeline_without_acking_the_failed_message() {
+    let h = start_with(pipeline_with(100, "{ policy: fail }"));
+    h.send(0, "ok").await;
+    h.send(1, "perm").await;
+    h.send(2, "ok").await;
+    let acks = h.acks.clone();
+    let result = tokio::time::timeout(Duration::from_secs(10), h.task)
+        .await
+        .expect("the pipeline stops by itself")
+        .unwrap();
+    let err = result.expect_err("a fatal error");
+    assert!(
+        err.contains("errors.policy fail") && err.contains("too large"),
+        "{err}"
+    );
+    // Message 0 may be acked; 1 (failed) and 2 (after it) never are.
+    let acked = acks.0.lock().unwrap().clone();
+    assert!(acked.iter().all(|t| *t == 0), "{acked:?}");
+}
+
+#[tokio::test]
+async fn the_default_policy_without_a_dead_letter_topic_is_fail() {
+    let p = pipeline_with(100, "{}");
+    assert_eq!(p.errors.policy(), crate::config::ErrorPolicy::Fail);
+    assert_eq!(
+        pipeline(100).errors.policy(),
+        crate::config::ErrorPolicy::DeadLetter
+    );
 }

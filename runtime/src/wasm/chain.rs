@@ -121,21 +121,8 @@ impl Chain {
         failed
             .into_iter()
             .zip(outs)
-            .enumerate()
-            .map(|(i, (f, o))| match f {
-                Some(f) => {
-                    if let Some(stage) = self
-                        .stages
-                        .iter()
-                        .find(|s| Some(&s.cfg.name) == f.transform.as_ref())
-                    {
-                        if let Some(m) = &stage.metrics {
-                            m.dead_lettered.inc();
-                        }
-                    }
-                    let _ = i;
-                    Outcome::Failed(f)
-                }
+            .map(|(f, o)| match f {
+                Some(f) => Outcome::Failed(f),
                 None => Outcome::Deliver(o),
             })
             .collect()
