@@ -129,6 +129,24 @@ pub struct Context {
     pub at_least_once: bool,
     /// The pipeline's metrics.
     pub metrics: Arc<PipelineMetrics>,
+    /// Where connectors report their current connection problems, by
+    /// connector (shown by the API).
+    pub problems: Problems,
+}
+
+/// Current connection problems by connector (`source`, `sink`).
+pub type Problems = Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>>;
+
+impl Context {
+    /// Records (or with `None` clears) the current problem of `connector`.
+    pub fn report(&self, connector: &'static str, problem: Option<String>) {
+        if let Ok(mut e) = self.problems.lock() {
+            match problem {
+                Some(p) => e.insert(connector, p),
+                None => e.remove(connector),
+            };
+        }
+    }
 }
 
 /// Starts the configured source.

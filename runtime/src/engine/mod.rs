@@ -50,6 +50,7 @@ pub struct Status {
     state: Mutex<(State, Option<String>)>,
     mqtt: Mutex<Option<watch::Receiver<bool>>>,
     kafka: Mutex<Option<watch::Receiver<bool>>>,
+    problems: connectors::Problems,
     /// Metrics handles.
     pub metrics: Arc<PipelineMetrics>,
 }
@@ -62,6 +63,7 @@ impl Status {
             state: Mutex::new((State::Starting, None)),
             mqtt: Mutex::new(None),
             kafka: Mutex::new(None),
+            problems: Arc::default(),
             metrics,
         }
     }
@@ -108,7 +110,24 @@ impl Status {
     /// JSON view for `/api/v1/pipelines`.
     pub fn json(&self) -> serde_json::Value {
         let (state, last_error) = self.state();
+        let problems: Vec<String> = self
+            .problems
+            .lock()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default();
+        let last_error = if problems.is_empty() {
+            last_error
+        } else {
+            Some(problems.join("; "))
+        };
         let m = &self.metrics;
+        // Running but cut off from a broker: the connectors are retrying.
+        let state = match state {
+            State::Running if !self.source_connected() || !self.sink_connected() => {
+                serde_json::json!("reconnecting")
+            }
+            s => serde_json::json!(s),
+        };
         serde_json::json!({
             "name": self.name,
             "state": state,
@@ -198,6 +217,7 @@ pub async fn run_with(
         max_in_flight: p.max_in_flight,
         at_least_once,
         metrics: metrics.clone(),
+        problems: status.problems.clone(),
     };
 
     // Transform thread: owns the Wasm instances (sync wasmtime calls).

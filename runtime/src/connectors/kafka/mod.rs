@@ -230,7 +230,12 @@ impl KafkaSink {
             .transpose()
             .map_err(|e| ConnectorError(e.to_string()))?;
         let (tx, rx) = watch::channel(false);
-        let probe = tokio::spawn(probe(producer.clone(), tx, ctx.pipeline.clone()));
+        let probe = tokio::spawn(probe(
+            producer.clone(),
+            tx,
+            ctx.clone(),
+            cfg.brokers.clone(),
+        ));
         Ok(KafkaSink {
             producer,
             topic,
@@ -408,7 +413,8 @@ fn permanent(message: String) -> BoxFuture<'static, Result<(), DeliveryError>> {
 }
 
 /// Marks the sink connected while broker metadata can be fetched.
-async fn probe(producer: FutureProducer, tx: watch::Sender<bool>, pipeline: String) {
+async fn probe(producer: FutureProducer, tx: watch::Sender<bool>, ctx: Context, brokers: String) {
+    let pipeline = ctx.pipeline.clone();
     let mut was = None;
     loop {
         let p = producer.clone();
@@ -423,8 +429,15 @@ async fn probe(producer: FutureProducer, tx: watch::Sender<bool>, pipeline: Stri
         if was != Some(ok) {
             if ok {
                 tracing::info!(pipeline = %pipeline, "Kafka connected");
+                ctx.report("sink", None);
             } else {
-                tracing::warn!(pipeline = %pipeline, "Kafka unreachable");
+                tracing::warn!(pipeline = %pipeline, brokers = %brokers, "Kafka unreachable");
+                ctx.report(
+                    "sink",
+                    Some(format!(
+                        "Kafka {brokers}: no broker answers a metadata request"
+                    )),
+                );
             }
             was = Some(ok);
         }

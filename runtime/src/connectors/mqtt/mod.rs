@@ -506,6 +506,7 @@ async fn run_loop(s: LoopState) {
                 tracing::info!(pipeline = %pipeline, url = %s.url, session_present, generation, "MQTT connected");
                 s.connected.send_replace(true);
                 s.ctx.metrics.mqtt_connected.set(1);
+                s.ctx.report("source", None);
                 backoff = initial;
                 let (rd, wr) = tokio::io::split(io);
                 let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -543,6 +544,8 @@ async fn run_loop(s: LoopState) {
             break;
         }
         s.ctx.metrics.mqtt_reconnects.inc();
+        s.ctx
+            .report("source", Some(format!("MQTT {}: {failure}", s.url)));
         let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
         tracing::warn!(pipeline = %pipeline, url = %s.url, error = %failure, retry_in_ms = wait.as_millis() as u64, "MQTT connection failed");
         tokio::select! {
