@@ -164,12 +164,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let _ = summary.await;
     let seen = watcher.join().unwrap_or(0);
     let text = metrics.render();
-    let get = |name: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let get = |name: &str| sum_metric(&text, name);
     println!(
         "sluice demo: received {}, delivered {}, dropped by transforms {}, dead-lettered {}; {} records read back from Kafka",
         get("sluice_messages_received_total"),
@@ -298,6 +293,14 @@ fn watch_kafka(brokers: &str, topic: &str, stop: watch::Receiver<bool>) -> usize
     seen
 }
 
+/// Sum of every series of metric `name` in a Prometheus text exposition.
+fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn summary_loop(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
     let mut prev: Option<(Instant, f64, f64)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -307,12 +310,7 @@ async fn summary_loop(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         let text = metrics.render();
-        let sum = |name: &str| -> f64 {
-            text.lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
+        let sum = |name: &str| sum_metric(&text, name);
         let (rx, tx) = (
             sum("sluice_messages_received_total"),
             sum("sluice_messages_delivered_total"),

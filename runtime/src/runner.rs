@@ -38,6 +38,14 @@ pub fn validate(files: &[PathBuf], host: &WasmHost) -> Result<Vec<Pipeline>, Dia
             Err(Diagnostics(d)) => errors.extend(d),
         }
     }
+    finish(pipelines, errors)
+}
+
+/// Adds the cross-file checks and turns the findings into a result.
+fn finish(
+    pipelines: Vec<Pipeline>,
+    mut errors: Vec<Diagnostic>,
+) -> Result<Vec<Pipeline>, Diagnostics> {
     if let Err(Diagnostics(d)) = config::check_unique_names(&pipelines) {
         errors.extend(d);
     }
@@ -65,14 +73,7 @@ pub fn validate_loaded(
             }
         }
     }
-    if let Err(Diagnostics(d)) = config::check_unique_names(&pipelines) {
-        errors.extend(d);
-    }
-    if errors.is_empty() {
-        Ok(pipelines)
-    } else {
-        Err(Diagnostics(errors))
-    }
+    finish(pipelines, errors)
 }
 
 /// The pipeline name for log context while the file is being checked.
