@@ -47,141 +47,6 @@ fn seqs(records: &[Record]) -> Vec<i64> {
     seqs
 }
 
-/// Delivery accounting for `sent` messages numbered `0..sent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tally {
-    sent: usize,
-    delivered: usize,
-    missing: usize,
-    duplicates: usize,
-    unexpected: usize,
-}
-
-impl Tally {
-    fn new(sent: usize) -> Tally {
-        Tally {
-            sent,
-            delivered: 0,
-            missing: sent,
-            duplicates: 0,
-            unexpected: 0,
-        }
-    }
-}
-
-impl std::fmt::Display for Tally {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "sent {}, delivered {}, missing {}, duplicates {}",
-            self.sent, self.delivered, self.missing, self.duplicates
-        )?;
-        if self.unexpected > 0 {
-            write!(f, ", out of range {}", self.unexpected)?;
-        }
-        Ok(())
-    }
-}
-
-/// Counts, incrementally, how often each sequence number `0..sent` was seen.
-struct SeqCounter {
-    counts: Vec<u32>,
-    tally: Tally,
-}
-
-impl SeqCounter {
-    fn new(sent: usize) -> SeqCounter {
-        SeqCounter {
-            counts: vec![0; sent],
-            tally: Tally::new(sent),
-        }
-    }
-
-    fn add(&mut self, seq: i64) {
-        match usize::try_from(seq).ok().filter(|&s| s < self.counts.len()) {
-            Some(seq) => {
-                self.counts[seq] += 1;
-                if self.counts[seq] == 1 {
-                    self.tally.delivered += 1;
-                    self.tally.missing -= 1;
-                } else {
-                    self.tally.duplicates += 1;
-                }
-            }
-            None => self.tally.unexpected += 1,
-        }
-    }
-
-    /// Sequence numbers seen more than once, as `first..=last` ranges.
-    fn duplicate_ranges(&self, n: usize) -> Vec<String> {
-        ranges(&self.counts, |count| count > 1, n)
-    }
-
-    fn first_missing(&self, n: usize) -> Vec<usize> {
-        (0..self.counts.len())
-            .filter(|&seq| self.counts[seq] == 0)
-            .take(n)
-            .collect()
-    }
-}
-
-/// The first `n` runs of indexes whose count satisfies `pick`, as
-/// `first..=last` text.
-fn ranges(counts: &[u32], pick: impl Fn(u32) -> bool, n: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (index, &count) in counts.iter().chain(std::iter::once(&0)).enumerate() {
-        match (pick(count) && index < counts.len(), start) {
-            (true, None) => start = Some(index),
-            (false, Some(first)) => {
-                out.push(format!("{first}..={}", index - 1));
-                start = None;
-                if out.len() == n {
-                    break;
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Counts the records of `reader` not yet counted (from `*counted` on).
-fn count_new(
-    reader: &TopicReader,
-    counter: &mut SeqCounter,
-    counted: &mut usize,
-    seq_of: &mut impl FnMut(&Record) -> i64,
-) {
-    for record in &reader.records()[*counted..] {
-        counter.add(seq_of(record));
-    }
-    *counted = reader.records().len();
-}
-
-/// Reads `reader` until every sequence number of `counter` was seen or
-/// `until` passes, then for a quiet period, counting each record once;
-/// `seq_of` extracts the number from a record. Returns the final tally.
-fn read_all_seqs(
-    reader: &mut TopicReader,
-    counter: &mut SeqCounter,
-    counted: &mut usize,
-    until: Instant,
-    mut seq_of: impl FnMut(&Record) -> i64,
-) -> Tally {
-    loop {
-        count_new(reader, counter, counted, &mut seq_of);
-        if counter.tally.missing == 0 || Instant::now() >= until {
-            break;
-        }
-        let target = reader.records().len() + 1;
-        reader.read_until(target, until.min(deadline(Duration::from_secs(1))));
-    }
-    reader.poll_for(QUIET_PERIOD);
-    count_new(reader, counter, counted, &mut seq_of);
-    counter.tally
-}
-
 fn assert_close(actual: &Value, expected: f64, what: &str) {
     let actual = actual
         .as_f64()
@@ -848,26 +713,13 @@ sink:
     for seq in seqs(&records) {
         counter.add(seq);
     }
-    println!("{}", counter.tally);
-    assert_eq!(counter.tally.missing, 0, "{}", counter.tally);
+    let tally = counter.tally();
+    println!("{tally}");
+    assert_eq!(tally.missing, 0, "{tally}");
     assert_eq!(
-        counter.tally.duplicates, 0,
-        "{}: a drain acks what it delivered",
-        counter.tally
+        tally.duplicates, 0,
+        "{tally}: a drain acks what it delivered"
     );
-}
-
-/// ~150 bytes of JSON telemetry for sequence number `seq`.
-fn telemetry(seq: usize) -> MqttMessage {
-    let device = seq % 1000;
-    let payload = format!(
-        r#"{{"seq":{seq},"temperature_f":{:.1},"humidity":{:.1},"battery_mv":{},"firmware":"1.4.2","status":"ok","ts":{}}}"#,
-        50.0 + (seq % 500) as f64 / 10.0,
-        30.0 + (seq % 400) as f64 / 10.0,
-        3300 + seq % 900,
-        1_700_000_000_000_u64 + seq as u64,
-    );
-    MqttMessage::new(format!("fleet/dev-{device:04}/telemetry"), payload)
 }
 
 #[test]
@@ -918,9 +770,7 @@ errors:
     let url = mqtt.url();
     let publisher =
         std::thread::spawn(move || publish_bulk(&url, Protocol::V311, 1, SENT, telemetry));
-    let mut reader = TopicReader::new(&kafka.brokers(), "fleet");
-    let mut counter = SeqCounter::new(SENT);
-    let mut counted = 0;
+    let mut verifier = SeqVerifier::new(&kafka.brokers(), &["fleet"], SENT);
     let mut checked = 0usize;
     let check = |record: &Record| -> i64 {
         let payload = record.json();
@@ -938,7 +788,7 @@ errors:
         seq
     };
     let until = started + Duration::from_secs(240);
-    let tally = read_all_seqs(&mut reader, &mut counter, &mut counted, until, |record| {
+    let tally = verifier.read_all(until, QUIET_PERIOD, |record| {
         checked += 1;
         check(record)
     });
@@ -952,8 +802,8 @@ errors:
     let dead = consume(&kafka.brokers(), "fleet.dlq", 0, Duration::ZERO);
     assert!(
         tally.missing == 0 && tally.unexpected == 0,
-        "{tally}; first missing: {:?}; reader: {reader:?}; dead letters: {}\n{}",
-        counter.first_missing(10),
+        "{tally}; first missing: {:?}; {verifier:?}; dead letters: {}\n{}",
+        verifier.counter().first_missing(10),
         dead.len(),
         sluice.output_tail(30)
     );
@@ -1006,18 +856,20 @@ sink:
     let url = mqtt.url();
     let publisher =
         std::thread::spawn(move || publish_bulk(&url, Protocol::V5, 1, SENT, telemetry));
-    let mut reader = TopicReader::new(&kafka.brokers(), "crash");
+    let mut verifier = SeqVerifier::new(&kafka.brokers(), &["crash"], SENT);
     let started = Instant::now();
     assert!(
-        reader.read_until(SENT / 10, deadline(Duration::from_secs(120))),
+        verifier.read_until(deadline(Duration::from_secs(120)), record_seq, |tally| {
+            tally.delivered >= SENT / 10
+        }),
         "only {} records after 120 s\n{}",
-        reader.records().len(),
+        verifier.records(0).len(),
         sluice.output_tail(30)
     );
     let in_flight = sluice.metric("sluice_in_flight_messages", &[("pipeline", "crash")]);
     let pid = sluice.pid();
     sluice.kill();
-    let delivered_at_kill = reader.records().len();
+    let delivered_at_kill = verifier.records(0).len();
     assert!(!pid_is_alive(pid));
     assert!(
         delivered_at_kill < SENT,
@@ -1029,17 +881,14 @@ sink:
     );
 
     sluice.restart();
-    let mut counter = SeqCounter::new(SENT);
-    let mut counted = 0;
     let until = deadline(Duration::from_secs(180));
-    let seq_of = |record: &Record| record.json()["seq"].as_i64().expect("seq");
-    let tally = read_all_seqs(&mut reader, &mut counter, &mut counted, until, seq_of);
+    let tally = verifier.read_all(until, QUIET_PERIOD, record_seq);
     publisher.join().expect("publisher thread");
     println!("{tally}");
     assert!(
         tally.missing == 0 && tally.unexpected == 0,
         "{tally}; first missing: {:?}\n{}",
-        counter.first_missing(10),
+        verifier.counter().first_missing(10),
         sluice.output_tail(30)
     );
     // Duplicates: the messages in the window (delivered, ack not yet sent)
@@ -1053,7 +902,7 @@ sink:
         tally.duplicates <= 2 * MAX_IN_FLIGHT,
         "{tally}: duplicates must be bounded by the in-flight window plus acks in \
          transit (2 x {MAX_IN_FLIGHT}); duplicated seqs: {:?}",
-        counter.duplicate_ranges(20)
+        verifier.counter().duplicate_ranges(20)
     );
 }
 

@@ -2,7 +2,6 @@
 //! is lost, and while Kafka is unreachable nothing is acked, the window
 //! holds and `/readyz` says so.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
@@ -46,20 +45,13 @@ fn wave(url: &str, topic: &str, from: usize, count: usize) {
     assert_eq!(report.sent, count, "publisher: {report:?}");
 }
 
-fn distinct_seqs(records: &[Record]) -> BTreeSet<i64> {
-    records
-        .iter()
-        .map(|r| r.json()["seq"].as_i64().expect("seq"))
-        .collect()
-}
-
 #[test]
 fn a_restarted_mqtt_broker_is_reconnected_and_nothing_is_lost() {
     let mut mqtt = Mosquitto::start();
     let kafka = Tansu::start();
     kafka.create_topic("bounce", 1);
     let sluice = Sluice::start(&[pipeline("bounce", &mqtt, &kafka, 200)]);
-    let mut reader = TopicReader::new(&kafka.brokers(), "bounce");
+    let mut verifier = SeqVerifier::new(&kafka.brokers(), &["bounce"], 6000);
 
     wave(&mqtt.url(), "bounce", 0, 3000);
     // Restart while sluice is (most likely) still working through the wave:
@@ -74,20 +66,13 @@ fn a_restarted_mqtt_broker_is_reconnected_and_nothing_is_lost() {
         sluice.output_tail(20)
     );
     wave(&mqtt.url(), "bounce", 3000, 3000);
-    let got = reader.read_until_with(deadline(TIMEOUT), |records| {
-        distinct_seqs(records).len() >= 6000
-    });
-    let seqs = distinct_seqs(reader.records());
-    let missing: Vec<i64> = (0..6000).filter(|s| !seqs.contains(s)).take(10).collect();
-    println!(
-        "bounce: sent 6000, delivered {}, missing {}, duplicates {}",
-        seqs.len(),
-        6000 - seqs.len().min(6000),
-        reader.records().len() - seqs.len()
-    );
+    verifier.read_until(deadline(TIMEOUT), record_seq, |tally| tally.missing == 0);
+    let tally = verifier.tally();
+    println!("bounce: {tally}");
     assert!(
-        got && missing.is_empty(),
-        "missing (first 10): {missing:?}\n{}",
+        tally.missing == 0 && tally.unexpected == 0,
+        "{tally}; missing (first 10): {:?}\n{}",
+        verifier.counter().first_missing(10),
         sluice.output_tail(20)
     );
 }
@@ -97,13 +82,11 @@ fn while_kafka_is_unreachable_nothing_is_acked_and_readiness_drops() {
     const WINDOW: usize = 100;
     const SENT: usize = 2000;
     let mqtt = Mosquitto::start();
-    let kafka = Tansu::start();
+    let mut kafka = Tansu::start();
     kafka.create_topic("outage", 1);
     let sluice = Sluice::start(&[pipeline("outage", &mqtt, &kafka, WINDOW)]);
-    let pid = kafka.pid() as i32;
     // SIGSTOP: the broker keeps its sockets but answers nothing.
-    // SAFETY: plain kill(2) on a child process this test started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    kafka.pause();
     let url = mqtt.url();
     let publisher = std::thread::spawn(move || wave(&url, "outage", 0, SENT));
     let window_full = wait_until(deadline(TIMEOUT), || {
@@ -111,8 +94,7 @@ fn while_kafka_is_unreachable_nothing_is_acked_and_readiness_drops() {
     });
     let not_ready = wait_until(deadline(TIMEOUT), || sluice.get("/readyz").status == 503);
     let received = sluice.metric("sluice_messages_received_total", &[("pipeline", "outage")]);
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    kafka.resume();
     assert!(
         window_full,
         "the window never filled\n{}",
@@ -126,13 +108,13 @@ fn while_kafka_is_unreachable_nothing_is_acked_and_readiness_drops() {
     );
     publisher.join().expect("publisher");
     let records = consume(&kafka.brokers(), "outage", SENT, TIMEOUT);
-    let seqs = distinct_seqs(&records);
-    println!(
-        "outage: sent {SENT}, delivered {}, missing {}",
-        seqs.len(),
-        SENT - seqs.len().min(SENT)
-    );
-    assert_eq!(seqs.len(), SENT, "{}", sluice.output_tail(20));
+    let mut counter = SeqCounter::new(SENT);
+    for record in &records {
+        counter.add(record_seq(record));
+    }
+    let tally = counter.tally();
+    println!("outage: {tally}");
+    assert_eq!(tally.missing, 0, "{tally}\n{}", sluice.output_tail(20));
     assert!(
         wait_until(deadline(TIMEOUT), || sluice.get("/readyz").status == 200),
         "/readyz did not recover"

