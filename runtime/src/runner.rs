@@ -90,7 +90,7 @@ fn check_plugin(
     pipeline: &str,
     host: &WasmHost,
 ) -> Vec<(config::Pos, String)> {
-    match host.load(&t.plugin, &t.capabilities) {
+    match host.load(&t.plugin) {
         Ok(plugin) => match Instance::new(
             &plugin,
             pipeline,

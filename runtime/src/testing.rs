@@ -17,8 +17,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::config::{Pipeline, SinkConfig};
+use crate::connectors::kafka::Routing;
 use crate::message::{now_ms, Message, Qos};
-use crate::template::Template;
 use crate::wasm::chain::{Chain, Outcome};
 use crate::wasm::WasmHost;
 
@@ -125,32 +125,19 @@ pub fn run_chain(
     let mut chain = Chain::new(host, &p.name, &p.transforms, Vec::new())
         .map_err(|(i, e)| TestError::Chain(format!("transform `{}`: {e}", p.transforms[i].name)))?;
     let SinkConfig::Kafka(k) = &p.sink;
-    let topic_t = Template::parse(&k.topic).map_err(|e| TestError::Chain(e.to_string()))?;
-    let key_t = k
-        .key
-        .as_deref()
-        .map(Template::parse)
-        .transpose()
-        .map_err(|e| TestError::Chain(e.to_string()))?;
+    let routing = Routing::new(k).map_err(|e| TestError::Chain(e.to_string()))?;
     let mut out = Vec::new();
     for (i, outcome) in chain.run(inputs).into_iter().enumerate() {
         match outcome {
             Outcome::Deliver(msgs) => {
                 for m in msgs {
-                    let topic = match &m.kafka_topic {
-                        Some(t) => Value::String(t.clone()),
-                        None => match topic_t.render(&m.topic, &p.name) {
-                            Ok(t) => Value::String(t),
-                            Err(e) => json!({ "error": e.to_string() }),
-                        },
+                    let topic = match routing.topic(&m, &p.name) {
+                        Ok(t) => Value::String(t),
+                        Err(e) => json!({ "error": e.to_string() }),
                     };
-                    let key = match (&m.key, &key_t) {
-                        (Some(k), _) => Value::String(String::from_utf8_lossy(k).into_owned()),
-                        (None, Some(t)) => t
-                            .render(&m.topic, &p.name)
-                            .map(Value::String)
-                            .unwrap_or(Value::Null),
-                        (None, None) => Value::Null,
+                    let key = match routing.key(&m, &p.name) {
+                        Ok(Some(k)) => Value::String(String::from_utf8_lossy(&k).into_owned()),
+                        Ok(None) | Err(_) => Value::Null,
                     };
                     out.push(json!({
                         "input": i,

@@ -9,7 +9,6 @@
 pub mod env;
 pub mod yaml;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -644,9 +643,6 @@ pub fn template_field(path: &str, value: &str, errors: &mut Vec<FieldError>) -> 
         }
     }
 }
-
-/// A map of extra string settings, e.g. librdkafka properties.
-pub type Properties = BTreeMap<String, String>;
 
 /// Checks that pipeline names are unique across the files of one process.
 pub fn check_unique_names(pipelines: &[Pipeline]) -> Result<(), Diagnostics> {

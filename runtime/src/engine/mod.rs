@@ -140,14 +140,10 @@ impl Status {
                 "delivered": m.delivered.get(),
                 "in_flight": m.in_flight.get(),
                 "dead_lettered_sink": m.dead_lettered_sink.get(),
-                "dropped": m.transforms.iter().map(|t| (t_name(t), t.dropped.get())).collect::<HashMap<_, _>>(),
+                "dropped": m.transforms.iter().map(|t| (t.name(), t.dropped.get())).collect::<HashMap<_, _>>(),
             }
         })
     }
-}
-
-fn t_name(t: &crate::metrics::TransformMetrics) -> String {
-    t.name().to_string()
 }
 
 /// Runs a pipeline until `shutdown` turns true, restarting it with capped
@@ -356,7 +352,7 @@ pub async fn run_with(
         let sink = sink.clone();
         let metrics = metrics.clone();
         let tracker = tracker.clone();
-        let pipeline = p.name.clone();
+        let pipeline: Arc<str> = p.name.as_str().into();
         tokio::spawn(async move {
             let mut pending = FuturesUnordered::new();
             let mut released = Vec::new();
@@ -437,7 +433,7 @@ struct Settled {
 async fn settle_one(
     sink: Arc<dyn Sink>,
     metrics: Arc<PipelineMetrics>,
-    pipeline: String,
+    pipeline: Arc<str>,
     policy: ErrorPolicy,
     d: Done,
 ) -> Settled {
@@ -483,7 +479,7 @@ async fn settle_one(
             None
         }
         ErrorPolicy::Drop => {
-            tracing::warn!(pipeline, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %d.input.topic, "message failed and errors.policy is drop: discarded");
+            tracing::warn!(pipeline = %pipeline, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %d.input.topic, "message failed and errors.policy is drop: discarded");
             None
         }
         ErrorPolicy::Fail => Some(format!(

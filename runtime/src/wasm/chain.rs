@@ -1,5 +1,6 @@
 //! A pipeline's transform chain: batches in, one [`Outcome`] per input out.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,7 +44,7 @@ impl Chain {
         let mut stages = Vec::new();
         metrics.reverse();
         for (i, t) in transforms.iter().enumerate() {
-            let plugin = host.load(&t.plugin, &t.capabilities).map_err(|e| (i, e))?;
+            let plugin = host.load(&t.plugin).map_err(|e| (i, e))?;
             let instance = Instance::new(
                 &plugin,
                 pipeline,
@@ -69,29 +70,34 @@ impl Chain {
     /// Runs `batch` through every transform.
     pub fn run(&mut self, batch: &[Message]) -> Vec<Outcome> {
         let mut failed: Vec<Option<Failure>> = vec![None; batch.len()];
-        // (origin index, message) pairs flowing between stages.
-        let mut current: Vec<(usize, Message)> = batch.iter().cloned().enumerate().collect();
+        // Messages flowing between stages and the input each came from; the
+        // first stage reads the batch itself, no copy.
+        let mut origins: Vec<usize> = (0..batch.len()).collect();
+        let mut msgs: Cow<'_, [Message]> = Cow::Borrowed(batch);
         for stage in &mut self.stages {
-            if current.is_empty() {
+            if msgs.is_empty() {
                 break;
             }
-            let (origins, msgs): (Vec<usize>, Vec<Message>) = current.into_iter().unzip();
             let started = Instant::now();
             let result = stage.call(&self.pipeline, &msgs);
             if let Some(m) = &stage.metrics {
                 m.duration.observe(started.elapsed().as_secs_f64());
             }
+            let mut next_origins = Vec::with_capacity(msgs.len());
             let mut next = Vec::with_capacity(msgs.len());
             match result {
                 Ok(results) => {
-                    for (origin, r) in origins.into_iter().zip(results) {
+                    for (&origin, r) in origins.iter().zip(results) {
                         match r {
                             Ok(outs) if outs.is_empty() => {
                                 if let Some(m) = &stage.metrics {
                                     m.dropped.inc();
                                 }
                             }
-                            Ok(outs) => next.extend(outs.into_iter().map(|o| (origin, o))),
+                            Ok(outs) => {
+                                next_origins.extend(std::iter::repeat_n(origin, outs.len()));
+                                next.extend(outs);
+                            }
                             Err(reason) => {
                                 failed[origin].get_or_insert(Failure {
                                     stage: "transform",
@@ -103,7 +109,7 @@ impl Chain {
                     }
                 }
                 Err(reason) => {
-                    for origin in origins {
+                    for &origin in &origins {
                         failed[origin].get_or_insert(Failure {
                             stage: "transform",
                             transform: Some(stage.cfg.name.clone()),
@@ -112,10 +118,11 @@ impl Chain {
                     }
                 }
             }
-            current = next;
+            origins = next_origins;
+            msgs = Cow::Owned(next);
         }
         let mut outs: Vec<Vec<Message>> = vec![Vec::new(); batch.len()];
-        for (origin, m) in current {
+        for (origin, m) in origins.into_iter().zip(msgs.into_owned()) {
             outs[origin].push(m);
         }
         failed

@@ -275,15 +275,15 @@ impl WasmHost {
     }
 
     /// Compiles (or loads from cache) and links a plugin, checking that it
-    /// exports the `sluice:transform/transform` world and imports only what
-    /// `caps` grants.
-    pub fn load(&self, path: &Path, caps: &[Capability]) -> Result<Arc<Plugin>, WasmError> {
+    /// exports the `sluice:transform/transform` world and imports nothing
+    /// the host does not provide. (Capabilities shape each instance's WASI
+    /// context, see [`Instance::new`].)
+    pub fn load(&self, path: &Path) -> Result<Arc<Plugin>, WasmError> {
         let component = self.compile(path)?;
         let mut linker: Linker<HostState> = Linker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
         Transform::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(engine_error)?;
-        let _ = caps; // Capabilities shape the WASI context, see `Instance::new`.
         let pre = linker.instantiate_pre(&component).map_err(|e| {
             WasmError::Link(format!(
                 "plugin `{}` cannot be linked: {e:#}",

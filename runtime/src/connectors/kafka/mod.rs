@@ -2,6 +2,7 @@
 //! templates over MQTT metadata, MQTT metadata and user properties as
 //! headers, dead-letter records with `sluice.error.*` headers.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use super::{ConnectorError, Context, DeliveryError, Failure, Sink};
 use crate::config::{template_field, ErrorsConfig, FieldError};
 use crate::message::Message;
-use crate::template::Template;
+use crate::template::{RenderError, Template};
 
 /// Compression codec for produced batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -177,11 +178,51 @@ impl KafkaConfig {
     }
 }
 
+/// Where a message goes in Kafka: its topic and key, from the plugin's
+/// overrides when set, else from the sink's templates. `sluice test` uses
+/// the same rules.
+pub struct Routing {
+    topic: Template,
+    key: Option<Template>,
+}
+
+impl Routing {
+    /// Parses the sink's templates.
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, crate::template::TemplateError> {
+        Ok(Routing {
+            topic: Template::parse(&cfg.topic)?,
+            key: cfg.key.as_deref().map(Template::parse).transpose()?,
+        })
+    }
+
+    /// The Kafka topic for `msg`.
+    pub fn topic(&self, msg: &Message, pipeline: &str) -> Result<String, RenderError> {
+        match &msg.kafka_topic {
+            Some(t) => Ok(t.clone()),
+            None => self.topic.render(&msg.topic, pipeline),
+        }
+    }
+
+    /// The Kafka key for `msg`, if any.
+    pub fn key<'m>(
+        &self,
+        msg: &'m Message,
+        pipeline: &str,
+    ) -> Result<Option<Cow<'m, [u8]>>, RenderError> {
+        match (&msg.key, &self.key) {
+            (Some(k), _) => Ok(Some(Cow::Borrowed(&k[..]))),
+            (None, Some(t)) => t
+                .render(&msg.topic, pipeline)
+                .map(|k| Some(Cow::Owned(k.into_bytes()))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// The running Kafka sink.
 pub struct KafkaSink {
     producer: FutureProducer,
-    topic: Template,
-    key: Option<Template>,
+    routing: Routing,
     dead_letter_topic: Option<String>,
     mqtt_headers: bool,
     pipeline: Arc<str>,
@@ -222,13 +263,7 @@ impl KafkaSink {
         let producer: FutureProducer = cc
             .create()
             .map_err(|e| ConnectorError(format!("cannot create Kafka producer: {e}")))?;
-        let topic = Template::parse(&cfg.topic).map_err(|e| ConnectorError(e.to_string()))?;
-        let key = cfg
-            .key
-            .as_deref()
-            .map(Template::parse)
-            .transpose()
-            .map_err(|e| ConnectorError(e.to_string()))?;
+        let routing = Routing::new(cfg).map_err(|e| ConnectorError(e.to_string()))?;
         let (tx, rx) = watch::channel(false);
         let probe = tokio::spawn(probe(
             producer.clone(),
@@ -238,8 +273,7 @@ impl KafkaSink {
         ));
         Ok(KafkaSink {
             producer,
-            topic,
-            key,
+            routing,
             dead_letter_topic: errors.dead_letter_topic.clone(),
             mqtt_headers: cfg.mqtt_headers,
             pipeline: ctx.pipeline.as_str().into(),
@@ -323,24 +357,12 @@ fn header_list(h: &[(String, String)], extra: &[(&str, &[u8])]) -> OwnedHeaders 
 
 impl Sink for KafkaSink {
     fn deliver(&self, msg: &Message) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let topic = match &msg.kafka_topic {
-            Some(t) => t.clone(),
-            None => match self.topic.render(&msg.topic, &self.pipeline) {
-                Ok(t) => t,
-                Err(e) => return permanent(e.to_string()),
-            },
-        };
-        let rendered_key;
-        let key: Option<&[u8]> = match (&msg.key, &self.key) {
-            (Some(k), _) => Some(k),
-            (None, Some(t)) => match t.render(&msg.topic, &self.pipeline) {
-                Ok(k) => {
-                    rendered_key = k;
-                    Some(rendered_key.as_bytes())
-                }
-                Err(e) => return permanent(e.to_string()),
-            },
-            (None, None) => None,
+        let (topic, key) = match (
+            self.routing.topic(msg, &self.pipeline),
+            self.routing.key(msg, &self.pipeline),
+        ) {
+            (Ok(t), Ok(k)) => (t, k),
+            (Err(e), _) | (_, Err(e)) => return permanent(e.to_string()),
         };
         let qos = [b'0' + msg.qos.level()];
         let mut extra: Vec<(&str, &[u8])> = Vec::new();
@@ -353,7 +375,13 @@ impl Sink for KafkaSink {
             }
         }
         let headers = header_list(&msg.headers, &extra);
-        self.send(&topic, key, &msg.payload, headers, msg.timestamp_ms)
+        self.send(
+            &topic,
+            key.as_deref(),
+            &msg.payload,
+            headers,
+            msg.timestamp_ms,
+        )
     }
 
     fn dead_letter(
