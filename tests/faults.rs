@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use sluice_tests::*;
 
 /// `max_in_flight` of every pipeline here.
-const WINDOW: usize = 500;
+const WINDOW: usize = RIG_WINDOW;
 /// How long the verifier keeps reading after the last number arrived, to
 /// catch late duplicates.
 const QUIET: Duration = Duration::from_secs(3);
@@ -104,126 +104,6 @@ impl Sizes {
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Brokers and a sluice running the scenario's pipeline: MQTT
-/// `fleet/+/telemetry` at QoS 1 -> json_map (adds `device_id`) -> Kafka topic
-/// `<name>` (2 partitions, keyed by device), dead letters to `<name>.dlq`.
-struct Rig {
-    name: &'static str,
-    // Dropped in this order: sluice first, then the brokers.
-    sluice: Sluice,
-    kafka: Tansu,
-    mqtt: Mosquitto,
-}
-
-impl Rig {
-    /// `sink_extra` is appended to the `sink.kafka` mapping (4-space indent).
-    fn start(name: &'static str, sink_extra: &str) -> Rig {
-        let mqtt = Mosquitto::start();
-        let kafka = Tansu::start();
-        kafka.create_topic(name, 2);
-        kafka.create_topic(&format!("{name}.dlq"), 1);
-        let yaml = format!(
-            r#"apiVersion: sluice/v1
-name: {name}
-delivery: at-least-once
-max_in_flight: {WINDOW}
-source:
-  mqtt:
-    url: {url}
-    client_id: faults-{name}
-    protocol: v5
-    session_expiry_secs: 3600
-    keep_alive_secs: 5
-    reconnect: {{ initial_backoff_ms: 50, max_backoff_ms: 500 }}
-    topics:
-      - filter: fleet/+/telemetry
-        qos: 1
-transforms:
-  - name: normalise
-    plugin: {json_map}
-    config: {{ from_topic: {{ device_id: 1 }} }}
-sink:
-  kafka:
-    brokers: {brokers}
-    topic: {name}
-    key: "{{{{topic.1}}}}"
-{sink_extra}
-errors:
-  dead_letter_topic: {name}.dlq
-"#,
-            url = mqtt.url(),
-            brokers = kafka.brokers(),
-            json_map = plugin("json_map").display(),
-        );
-        let sluice = Sluice::start(&[yaml]);
-        Rig {
-            name,
-            mqtt,
-            kafka,
-            sluice,
-        }
-    }
-
-    /// A verifier of the main topic (index 0) and the DLQ (index 1).
-    fn verifier(&self, sent: usize) -> SeqVerifier {
-        let dlq = format!("{}.dlq", self.name);
-        SeqVerifier::new(&self.kafka.brokers(), &[self.name, &dlq], sent)
-    }
-
-    /// A metric of this pipeline, 0 when absent.
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut all = vec![("pipeline", self.name)];
-        all.extend_from_slice(labels);
-        self.sluice.metric(name, &all).unwrap_or(0.0)
-    }
-
-    /// Reads until `target` distinct numbers arrived; panics with context
-    /// otherwise.
-    fn progress(&self, verifier: &mut SeqVerifier, target: usize, timeout: Duration) {
-        let reached = verifier.read_until(deadline(timeout), record_seq, |tally| {
-            tally.delivered >= target
-        });
-        assert!(
-            reached,
-            "{}: only {} of {target} delivered within {timeout:?}\n{}",
-            self.name,
-            verifier.tally(),
-            self.sluice.output_tail(30)
-        );
-    }
-
-    /// Waits until the publisher has `target` acknowledged and sluice has
-    /// delivered something; panics with context otherwise.
-    fn published(
-        &self,
-        publisher: &StreamPublisher,
-        verifier: &mut SeqVerifier,
-        target: usize,
-        timeout: Duration,
-    ) {
-        assert!(
-            publisher.wait_acked(target, timeout),
-            "{}: only {} of {target} published within {timeout:?}",
-            self.name,
-            publisher.acked()
-        );
-        self.progress(verifier, 1, timeout);
-    }
-
-    /// Fails the test unless nothing is missing and nothing outside the
-    /// stream arrived.
-    fn assert_complete(&self, verifier: &SeqVerifier) {
-        let tally = verifier.tally();
-        assert!(
-            tally.missing == 0 && tally.unexpected == 0,
-            "{}: {tally}; missing: {:?}; {verifier:?}\n{}",
-            self.name,
-            verifier.counter().missing_ranges(20),
-            self.sluice.output_tail(40)
-        );
-    }
 }
 
 fn mib(kib: u64) -> String {

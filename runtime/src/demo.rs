@@ -20,9 +20,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use sluice::config::SinkConfig;
+use sluice::http::AdminAccess;
 use sluice::metrics::Metrics;
-use sluice::runner;
 use sluice::wasm::WasmHost;
+use sluice::{runner, summary};
 
 /// Demo settings from the command line.
 pub struct Options {
@@ -122,14 +123,16 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         o.config.display()
     );
 
+    let (listening, statuses) = tokio::sync::oneshot::channel();
     let runner_task = tokio::spawn(runner::run(
         pipelines,
         host,
         metrics.clone(),
-        o.listen,
+        (o.listen, AdminAccess::Open),
         stop_rx.clone(),
-        |addr, _| {
+        move |addr, statuses| {
             println!("             metrics: curl http://{addr}/metrics | grep sluice_");
+            let _ = listening.send(statuses.to_vec());
         },
     ));
     let devices = tokio::spawn(simulate_devices(
@@ -143,7 +146,14 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let stop = stop_rx.clone();
         std::thread::spawn(move || watch_kafka(&brokers, &topic, stop))
     };
-    let summary = tokio::spawn(summary_loop(metrics.clone(), stop_rx.clone()));
+    let summary = {
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Ok(statuses) = statuses.await {
+                summary::run(statuses, Duration::from_secs(2), |l| println!("{l}"), stop).await;
+            }
+        })
+    };
 
     let ctrl_c = tokio::signal::ctrl_c();
     match o.duration {
@@ -299,34 +309,4 @@ fn sum_metric(text: &str, name: &str) -> f64 {
         .filter(|l| l.split([' ', '{']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-async fn summary_loop(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
-    let mut prev: Option<(Instant, f64, f64)> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let text = metrics.render();
-        let sum = |name: &str| sum_metric(&text, name);
-        let (rx, tx) = (
-            sum("sluice_messages_received_total"),
-            sum("sluice_messages_delivered_total"),
-        );
-        let now = Instant::now();
-        if let Some((t, prx, ptx)) = prev {
-            let dt = now.duration_since(t).as_secs_f64().max(1e-3);
-            println!(
-                "[demo] in {:>7.0} msg/s  out {:>7.0} msg/s | received {rx} delivered {tx} dropped {} dead-lettered {} in-flight {}",
-                (rx - prx) / dt,
-                (tx - ptx) / dt,
-                sum("sluice_messages_dropped_total"),
-                sum("sluice_messages_dead_lettered_total"),
-                sum("sluice_in_flight_messages"),
-            );
-        }
-        prev = Some((now, rx, tx));
-    }
 }

@@ -2,18 +2,21 @@
 
 mod demo;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
+use sluice::http::AdminAccess;
 use sluice::metrics::Metrics;
 use sluice::wasm::WasmHost;
-use sluice::{runner, testing};
+use sluice::{runner, summary, testing};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +48,25 @@ enum Command {
         /// HTTP listener for /metrics, /healthz, /readyz and /api.
         #[arg(long, default_value = "127.0.0.1:9464")]
         listen: SocketAddr,
+        /// File holding the bearer token the admin actions (pause, resume,
+        /// restart, reload) require. Default: $SLUICE_API_TOKEN if set.
+        /// Without a token the admin actions are served on loopback only.
+        #[arg(long)]
+        api_token_file: Option<PathBuf>,
+        /// Serve no admin actions (read-only API), e.g. to listen on a
+        /// non-loopback address without a token.
+        #[arg(long)]
+        no_admin_api: bool,
+        /// Reload a pipeline when its file or one of its plugin files
+        /// changes (checked every second).
+        #[arg(long)]
+        watch: bool,
+        /// No periodic summary line (printed on stderr when it is a terminal).
+        #[arg(long)]
+        no_summary: bool,
+        /// Seconds between summary lines.
+        #[arg(long, default_value_t = 5)]
+        summary_every: u64,
     },
     /// Check pipeline files without connecting to any broker.
     Validate {
@@ -160,7 +182,16 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { files, listen } => {
+        Command::Run {
+            files,
+            listen,
+            api_token_file,
+            no_admin_api,
+            watch,
+            no_summary,
+            summary_every,
+        } => {
+            let admin = admin_access(no_admin_api, api_token_file)?;
             let host = Arc::new(WasmHost::new(WasmHost::default_cache_dir())?);
             let pipelines = match runner::validate(&files, &host) {
                 Ok(p) => p,
@@ -174,11 +205,33 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (tx, rx) = watch::channel(false);
                 tokio::spawn(wait_for_signal(tx));
                 let metrics = Arc::new(Metrics::new());
-                runner::run(pipelines, host, metrics, listen, rx, |addr, _| {
-                    eprintln!("sluice: listening on http://{addr}");
-                })
+                let summary = !no_summary && std::io::stderr().is_terminal();
+                let every = Duration::from_secs(summary_every.max(1));
+                let (h, stop) = (host.clone(), rx.clone());
+                runner::run(
+                    pipelines,
+                    host,
+                    metrics,
+                    (listen, admin),
+                    rx,
+                    move |addr, st| {
+                        eprintln!("sluice: listening on http://{addr}");
+                        if summary {
+                            let stop = stop.clone();
+                            tokio::spawn(summary::run(
+                                st.to_vec(),
+                                every,
+                                |l| eprintln!("{l}"),
+                                stop,
+                            ));
+                        }
+                        if watch {
+                            let every = Duration::from_secs(1);
+                            tokio::spawn(runner::watch_files(st.to_vec(), h, every, stop));
+                        }
+                    },
+                )
                 .await
-                .context("cannot start the HTTP listener")
             })?;
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
@@ -200,6 +253,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }))?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Who may use the admin actions: `--no-admin-api`, else the token from
+/// `--api-token-file` or `$SLUICE_API_TOKEN`, else open (loopback only).
+fn admin_access(disabled: bool, token_file: Option<PathBuf>) -> anyhow::Result<AdminAccess> {
+    if disabled {
+        return Ok(AdminAccess::Disabled);
+    }
+    let token = match token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read the API token file {}", f.display()))?,
+        ),
+        None => std::env::var("SLUICE_API_TOKEN").ok(),
+    };
+    match token.map(|t| t.trim().to_string()) {
+        Some(t) if t.is_empty() => anyhow::bail!("the API token is empty"),
+        Some(t) => Ok(AdminAccess::Token(t.into())),
+        None => Ok(AdminAccess::Open),
     }
 }
 

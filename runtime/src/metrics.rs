@@ -74,8 +74,50 @@ pub struct PipelineMetrics {
     pub mqtt_reconnects: IntCounter,
     /// Failed produce attempts.
     pub produce_errors: IntCounter,
-    /// Per transform, in chain order.
-    pub transforms: Vec<TransformMetrics>,
+    /// Per transform of the chain in force, in chain order.
+    transforms: std::sync::Mutex<Vec<TransformMetrics>>,
+    families: TransformFamilies,
+}
+
+/// The per-transform families, to resolve the label sets of a new chain
+/// (after a reload) without the registry.
+struct TransformFamilies {
+    pipeline: String,
+    duration: HistogramVec,
+    dropped: IntCounterVec,
+    traps: IntCounterVec,
+}
+
+impl PipelineMetrics {
+    /// The handles of the chain in force, in chain order.
+    pub fn transforms(&self) -> Vec<TransformMetrics> {
+        self.transforms
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
+    }
+
+    /// Resolves the handles of a chain of `names` (not yet in force).
+    pub fn resolve_transforms(&self, names: &[String]) -> Vec<TransformMetrics> {
+        let f = &self.families;
+        names
+            .iter()
+            .map(|t| TransformMetrics {
+                duration: f.duration.with_label_values(&[&f.pipeline, t]),
+                dropped: f.dropped.with_label_values(&[&f.pipeline, t]),
+                traps: f.traps.clone(),
+                pipeline: f.pipeline.clone(),
+                transform: t.clone(),
+            })
+            .collect()
+    }
+
+    /// Makes `transforms` the chain in force (what the API reports).
+    pub fn set_transforms(&self, transforms: Vec<TransformMetrics>) {
+        if let Ok(mut t) = self.transforms.lock() {
+            *t = transforms;
+        }
+    }
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -197,7 +239,7 @@ impl Metrics {
             self.dead_lettered.with_label_values(&[name, stage]);
             self.failed.with_label_values(&[name, stage]);
         }
-        PipelineMetrics {
+        let m = PipelineMetrics {
             received: self.received.with_label_values(l),
             delivered: self.delivered.with_label_values(l),
             dead_lettered_transform: self.dead_lettered.with_label_values(&[name, "transform"]),
@@ -209,17 +251,16 @@ impl Metrics {
             mqtt_connected: self.mqtt_connected.with_label_values(l),
             mqtt_reconnects: self.mqtt_reconnects.with_label_values(l),
             produce_errors: self.produce_errors.with_label_values(l),
-            transforms: transforms
-                .iter()
-                .map(|t| TransformMetrics {
-                    duration: self.transform_duration.with_label_values(&[name, t]),
-                    dropped: self.dropped.with_label_values(&[name, t]),
-                    traps: self.traps.clone(),
-                    pipeline: name.to_string(),
-                    transform: t.clone(),
-                })
-                .collect(),
-        }
+            transforms: Default::default(),
+            families: TransformFamilies {
+                pipeline: name.to_string(),
+                duration: self.transform_duration.clone(),
+                dropped: self.dropped.clone(),
+                traps: self.traps.clone(),
+            },
+        };
+        m.set_transforms(m.resolve_transforms(transforms));
+        m
     }
 
     /// Prometheus text exposition of everything.

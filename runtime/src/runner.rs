@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{self, Diagnostic, Diagnostics, Pipeline, TransformConfig};
-use crate::engine::{self, Status};
-use crate::http::{self, AppState};
+use crate::engine::{self, Reloaded, Status};
+use crate::http::{self, AdminAccess, AppState, ServeError};
 use crate::metrics::Metrics;
 use crate::wasm::{Instance, WasmHost};
 
@@ -106,16 +106,54 @@ fn check_plugin(
     }
 }
 
-/// Runs `pipelines` until `shutdown` turns true, serving HTTP on `listen`.
-/// `on_listen` is called with the bound address once the listener is up.
+/// Why a reload was refused; the running pipeline is left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file no longer validates.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    /// The pipeline refused the new configuration.
+    #[error(transparent)]
+    Control(#[from] engine::ControlError),
+    /// A worker thread failed.
+    #[error("reload failed: {0}")]
+    Internal(String),
+}
+
+/// Re-reads the pipeline's file, checks it as `validate` does (compiling
+/// the plugins and calling `init`, beside the running version), then puts
+/// it in force. On any error the running pipeline is untouched.
+pub async fn reload(status: &Arc<Status>, host: &Arc<WasmHost>) -> Result<Reloaded, ReloadError> {
+    let file = status
+        .config()
+        .map(|p| p.file)
+        .ok_or_else(|| ReloadError::Internal("pipeline has no configuration yet".into()))?;
+    let h = host.clone();
+    let checked = tokio::task::spawn_blocking(move || validate(&[file], &h))
+        .await
+        .map_err(|e| ReloadError::Internal(e.to_string()))?;
+    let new = match checked {
+        Ok(mut p) if p.len() == 1 => p.remove(0),
+        Ok(_) => return Err(ReloadError::Internal("expected one pipeline".into())),
+        Err(d) => {
+            tracing::warn!(pipeline = %status.name, errors = %d, "reload refused: the file does not validate; the running version stays");
+            return Err(ReloadError::Invalid(d));
+        }
+    };
+    Ok(status.reload(new, host).await?)
+}
+
+/// Runs `pipelines` until `shutdown` turns true, serving HTTP on `listen`
+/// with admin actions as `admin` allows. `on_listen` is called with the
+/// bound address once the listener is up.
 pub async fn run(
     pipelines: Vec<Pipeline>,
     host: Arc<WasmHost>,
     metrics: Arc<Metrics>,
-    listen: SocketAddr,
+    (listen, admin): (SocketAddr, AdminAccess),
     shutdown: watch::Receiver<bool>,
     on_listen: impl FnOnce(SocketAddr, &[Arc<Status>]),
-) -> std::io::Result<()> {
+) -> Result<(), ServeError> {
     let statuses: Vec<Arc<Status>> = pipelines
         .iter()
         .map(|p| {
@@ -126,6 +164,8 @@ pub async fn run(
     let state = Arc::new(AppState {
         metrics: metrics.clone(),
         pipelines: statuses.clone(),
+        host: host.clone(),
+        admin,
     });
     let (addr, server) = http::serve(listen, state, shutdown.clone()).await?;
     on_listen(addr, &statuses);
@@ -143,4 +183,69 @@ pub async fn run(
     }
     let _ = server.await;
     Ok(())
+}
+
+/// What identifies one version of a file for [`watch_files`].
+type Fingerprint = Vec<Option<(std::time::SystemTime, u64)>>;
+
+fn fingerprint(p: &Pipeline) -> Fingerprint {
+    std::iter::once(&p.file)
+        .chain(p.transforms.iter().map(|t| &t.plugin))
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+/// Reloads a pipeline when its file or one of its plugin files changes,
+/// polling every `every` until `shutdown`. A change is acted on once the
+/// files have stayed the same for one more poll (a write has finished). A
+/// version that fails to validate is reported and left alone until the
+/// files change again; the running version stays.
+pub async fn watch_files(
+    statuses: Vec<Arc<Status>>,
+    host: Arc<WasmHost>,
+    every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Per pipeline: the version in force (or last tried) and a candidate.
+    let mut seen: Vec<(Option<Fingerprint>, Option<Fingerprint>)> =
+        statuses.iter().map(|_| (None, None)).collect();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        for (s, (current, candidate)) in statuses.iter().zip(seen.iter_mut()) {
+            let Some(p) = s.config() else { continue };
+            let now = fingerprint(&p);
+            let Some(cur) = current else {
+                *current = Some(now);
+                continue;
+            };
+            if *cur == now {
+                *candidate = None;
+                continue;
+            }
+            if candidate.as_ref() != Some(&now) {
+                // Changed since the last poll: wait until it settles.
+                *candidate = Some(now);
+                continue;
+            }
+            tracing::info!(pipeline = %s.name, "pipeline or plugin file changed: reloading");
+            match reload(s, &host).await {
+                Ok(how) => {
+                    tracing::info!(pipeline = %s.name, how = ?how, "reloaded after a file change")
+                }
+                Err(e) => {
+                    tracing::error!(pipeline = %s.name, error = %e, "reload after a file change failed; the running version stays")
+                }
+            }
+            // Fingerprint of what is in force now (the plugin list may have changed).
+            *current = Some(s.config().map(|p| fingerprint(&p)).unwrap_or(now));
+            *candidate = None;
+        }
+    }
 }

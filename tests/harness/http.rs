@@ -1,4 +1,4 @@
-//! A tiny blocking HTTP/1.1 GET over a std `TcpStream`: enough for
+//! A tiny blocking HTTP/1.1 client (GET, bodiless POST) over a std `TcpStream`: enough for
 //! `/readyz`, `/metrics` and `/api/v1/pipelines`, with no client dependency.
 
 use std::io::{self, Read, Write};
@@ -18,12 +18,27 @@ pub struct HttpResponse {
 
 /// `GET path` on `addr` with `Connection: close`.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<HttpResponse> {
+    http_request(addr, "GET", path, &[], timeout)
+}
+
+/// `METHOD path` with extra `headers` and no body, `Connection: close`.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<HttpResponse> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

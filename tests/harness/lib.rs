@@ -49,13 +49,14 @@ mod mosquitto;
 mod mqtt;
 mod paths;
 mod process;
+mod rig;
 mod seq;
 mod sluice;
 mod stream;
 mod tansu;
 mod wait;
 
-pub use http::{http_get, HttpResponse};
+pub use http::{http_get, http_request, HttpResponse};
 pub use kafka::{
     consume, consume_with_grace, count_by, produce, KafkaMessage, Record, TopicReader,
     DEFAULT_GRACE,
@@ -69,6 +70,7 @@ pub use paths::{plugin, plugin_dir, sluice_bin, workspace_root};
 pub use process::{
     find_on_path, free_port, pid_is_alive, port_is_open, rss_kib, tail, temp_dir, ChildProcess,
 };
+pub use rig::{Rig, RIG_WINDOW};
 pub use seq::{record_seq, telemetry, try_record_seq, SeqCounter, SeqVerifier, Tally};
 pub use sluice::{
     metric_value, parse_listen_line, sluice_command, Sluice, READY_TIMEOUT, STOP_GRACE,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::http::{http_get, HttpResponse};
+use crate::http::{http_get, http_request, HttpResponse};
 use crate::paths::sluice_bin;
 use crate::process::{temp_dir, ChildProcess};
 use crate::wait::{deadline, wait_for};
@@ -65,6 +65,7 @@ pub struct Sluice {
     addr: Option<SocketAddr>,
     files: Vec<PathBuf>,
     env: Vec<(String, String)>,
+    args: Vec<String>,
     runs: usize,
     dir: TempDir,
 }
@@ -87,6 +88,16 @@ impl Sluice {
     /// Like [`Sluice::spawn`], with extra environment variables for sluice
     /// (e.g. `("SLUICE_LOG", "debug")`), also on every restart.
     pub fn spawn_with_env<S: AsRef<str>>(pipelines: &[S], env: &[(&str, &str)]) -> Sluice {
+        Sluice::spawn_with(pipelines, env, &[])
+    }
+
+    /// Like [`Sluice::spawn_with_env`], with extra `sluice run` arguments
+    /// (e.g. `--watch`), also on every restart.
+    pub fn spawn_with<S: AsRef<str>>(
+        pipelines: &[S],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Sluice {
         assert!(!pipelines.is_empty(), "sluice needs at least one pipeline");
         let dir = temp_dir("sluice-run-");
         let files = pipelines
@@ -111,6 +122,7 @@ impl Sluice {
                 .iter()
                 .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
                 .collect(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             runs: 0,
             dir,
         };
@@ -127,6 +139,7 @@ impl Sluice {
             .arg("run")
             .args(&self.files)
             .args(["--listen", "127.0.0.1:0"])
+            .args(&self.args)
             .envs(self.env.iter().map(|(key, value)| (key, value)))
             .current_dir(self.dir.path());
         let name = format!("sluice-{}", self.runs);
@@ -213,6 +226,18 @@ impl Sluice {
     pub fn get(&self, path: &str) -> HttpResponse {
         http_get(self.addr(), path, HTTP_TIMEOUT)
             .unwrap_or_else(|err| panic!("GET {path} on sluice at {}: {err}", self.addr()))
+    }
+
+    /// `POST path` (no body) on sluice's HTTP listener, with `token` as
+    /// the bearer token if given.
+    pub fn post(&self, path: &str, token: Option<&str>) -> HttpResponse {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        http_request(self.addr(), "POST", path, &headers, HTTP_TIMEOUT)
+            .unwrap_or_else(|err| panic!("POST {path} on sluice at {}: {err}", self.addr()))
     }
 
     /// The `/metrics` text.

@@ -65,6 +65,12 @@ impl fmt::Display for Diagnostics {
 #[serde(transparent)]
 pub struct Secret(String);
 
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
 impl Secret {
     /// The secret value, for handing to a client library only.
     pub fn expose(&self) -> &str {
@@ -109,7 +115,7 @@ impl Default for BatchConfig {
 }
 
 /// A pipeline file, as typed data.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pipeline {
     /// The file it came from.
     pub file: PathBuf,
@@ -155,14 +161,14 @@ struct TopLevel {
 }
 
 /// The source section: exactly one connector.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceConfig {
     /// MQTT subscriber.
     Mqtt(crate::connectors::mqtt::MqttConfig),
 }
 
 /// The sink section: exactly one connector.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SinkConfig {
     /// Kafka producer.
     Kafka(crate::connectors::kafka::KafkaConfig),
@@ -227,7 +233,7 @@ struct RawTransform {
 }
 
 /// One transform in the chain.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TransformConfig {
     /// Name, unique in the pipeline; label value in metrics.
     pub name: String,
@@ -260,7 +266,7 @@ pub enum ErrorPolicy {
 }
 
 /// Failure handling.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsConfig {
     /// Kafka topic that failed messages go to, with error headers.

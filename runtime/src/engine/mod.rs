@@ -8,6 +8,8 @@
 //! input once its fate is known; settled prefixes are acked in order.
 
 pub mod ack;
+mod control;
+pub use control::{ControlError, Reloaded};
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +39,9 @@ pub enum State {
     Running,
     /// Start failed; retrying after a backoff.
     Restarting,
+    /// Paused by the admin API: disconnected from both brokers on purpose,
+    /// nothing consumed or acked; the broker keeps the backlog.
+    Paused,
     /// Draining after a shutdown request.
     Stopping,
     /// Done.
@@ -53,6 +58,13 @@ pub struct Status {
     problems: connectors::Problems,
     /// Metrics handles.
     pub metrics: Arc<PipelineMetrics>,
+    control: watch::Sender<control::Control>,
+    /// The configuration in force.
+    config: Mutex<Option<Pipeline>>,
+    /// A configuration to start with at the next restart (after a reload).
+    pending: Mutex<Option<Pipeline>>,
+    /// Hands a new chain to the running transform thread.
+    swap: Mutex<Option<std::sync::mpsc::Sender<Option<Chain>>>>,
 }
 
 impl Status {
@@ -65,6 +77,10 @@ impl Status {
             kafka: Mutex::new(None),
             problems: Arc::default(),
             metrics,
+            control: watch::Sender::new(control::Control::default()),
+            config: Mutex::new(None),
+            pending: Mutex::new(None),
+            swap: Mutex::new(None),
         }
     }
 
@@ -102,9 +118,13 @@ impl Status {
         Self::flag(&self.kafka)
     }
 
-    /// Running and connected at both ends.
+    /// Running and connected at both ends, or paused on purpose.
     pub fn ready(&self) -> bool {
-        self.state().0 == State::Running && self.source_connected() && self.sink_connected()
+        match self.state().0 {
+            State::Running => self.source_connected() && self.sink_connected(),
+            State::Paused => true,
+            _ => false,
+        }
     }
 
     /// JSON view for `/api/v1/pipelines`.
@@ -121,6 +141,7 @@ impl Status {
             Some(problems.join("; "))
         };
         let m = &self.metrics;
+        let control = *self.control.borrow();
         // Running but cut off from a broker: the connectors are retrying.
         let state = match state {
             State::Running if !self.source_connected() || !self.sink_connected() => {
@@ -135,12 +156,15 @@ impl Status {
             "source_connected": self.source_connected(),
             "sink_connected": self.sink_connected(),
             "ready": self.ready(),
+            "paused": control.paused,
+            "restarts_requested": control.restarts,
+            "reloads": control.reloads,
             "counters": {
                 "received": m.received.get(),
                 "delivered": m.delivered.get(),
                 "in_flight": m.in_flight.get(),
                 "dead_lettered_sink": m.dead_lettered_sink.get(),
-                "dropped": m.transforms.iter().map(|t| (t.name(), t.dropped.get())).collect::<HashMap<_, _>>(),
+                "dropped": m.transforms().iter().map(|t| (t.name(), t.dropped.get())).collect::<HashMap<_, _>>(),
             }
         })
     }
@@ -148,22 +172,49 @@ impl Status {
 
 /// Runs a pipeline until `shutdown` turns true, restarting it with capped
 /// backoff when it cannot start.
+///
+/// The admin API steers it through `status`: pause stops the pipeline (a
+/// drain, as on SIGTERM) until resume; restart drains and starts again;
+/// a reload that changes more than the transforms restarts with the new
+/// configuration.
 pub async fn supervise(
     pipeline: Pipeline,
     host: Arc<WasmHost>,
     status: Arc<Status>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    status.set_config(pipeline);
+    let mut control = status.control.subscribe();
     let mut backoff = Duration::from_millis(500);
     loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        if control.borrow_and_update().paused {
+            status.set(State::Paused, None);
+            tokio::select! {
+                _ = control.wait_for(|c| !c.paused) => continue,
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        if let Some(p) = status.pending.lock().ok().and_then(|mut p| p.take()) {
+            status.set_config(p);
+        }
+        let Some(pipeline) = status.config() else {
+            break;
+        };
+        let generation = *control.borrow();
         status.set(State::Starting, None);
-        match run(&pipeline, &host, &status, shutdown.clone()).await {
-            Ok(()) => break,
+        let stop = control::stop_signal(shutdown.clone(), control.clone(), generation);
+        match run(&pipeline, &host, &status, stop).await {
+            Ok(()) => backoff = Duration::from_millis(500),
             Err(e) => {
                 tracing::error!(pipeline = %pipeline.name, error = %e, retry_in_s = backoff.as_secs_f32(), "pipeline failed");
                 status.set(State::Restarting, Some(e.clone()));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
+                    // An admin request (restart, pause, reload) acts now.
+                    _ = control.changed() => backoff = Duration::from_millis(250),
                     _ = shutdown.wait_for(|s| *s) => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -219,21 +270,18 @@ pub async fn run_with(
     // Transform thread: owns the Wasm instances (sync wasmtime calls).
     let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
     let (done_tx, mut done_rx) = mpsc::channel::<Vec<Done>>(2);
-    let mut chain = if p.transforms.is_empty() {
-        None
-    } else {
-        let (h, name, ts) = (host.clone(), p.name.clone(), p.transforms.clone());
-        let tm = metrics_for(&metrics);
-        let chain = tokio::task::spawn_blocking(move || Chain::new(&h, &name, &ts, tm))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|(i, e)| format!("transform `{}`: {e}", p.transforms[i].name))?;
-        Some(chain)
-    };
+    let (mut chain, chain_metrics) = control::build_chain(host, p, &metrics).await?;
+    metrics.set_transforms(chain_metrics);
+    let (swap_tx, swap_rx) = std::sync::mpsc::channel::<Option<Chain>>();
     let worker = std::thread::Builder::new()
         .name(format!("sluice-{}", p.name))
         .spawn(move || {
             while let Some(batch) = batch_rx.blocking_recv() {
+                // A reload swaps the chain between two batches: every
+                // message runs through exactly one version of it.
+                while let Ok(next) = swap_rx.try_recv() {
+                    chain = next;
+                }
                 let (seqs, msgs): (Vec<u64>, Vec<Message>) = batch.items.into_iter().unzip();
                 let outcomes = match chain.as_mut() {
                     Some(c) => c.run(&msgs),
@@ -260,6 +308,9 @@ pub async fn run_with(
         .map_err(|e| format!("cannot start transform thread: {e}"))?;
 
     let (sink, source) = connect(&ctx)?;
+    if let Ok(mut s) = status.swap.lock() {
+        *s = Some(swap_tx);
+    }
     *status.kafka.lock().map_err(|e| e.to_string())? = Some(sink.connected());
     *status.mqtt.lock().map_err(|e| e.to_string())? = Some(source.connected.clone());
     status.set(State::Running, None);
@@ -352,7 +403,7 @@ pub async fn run_with(
         let sink = sink.clone();
         let metrics = metrics.clone();
         let tracker = tracker.clone();
-        let pipeline: Arc<str> = p.name.as_str().into();
+        let pipeline = Arc::new(PipelineLog::new(&p.name));
         tokio::spawn(async move {
             let mut pending = FuturesUnordered::new();
             let mut released = Vec::new();
@@ -392,6 +443,9 @@ pub async fn run_with(
     let mut stop = stop_rx.clone();
     let _ = stop.wait_for(|s| *s).await;
     status.set(State::Stopping, None);
+    if let Ok(mut s) = status.swap.lock() {
+        *s = None;
+    }
     (source.stop_intake)();
     let _ = intake.await;
     let drained = tokio::time::timeout(Duration::from_secs(60), sink_task).await;
@@ -407,10 +461,6 @@ pub async fn run_with(
         Some(reason) => Err(reason),
         None => Ok(()),
     }
-}
-
-fn metrics_for(m: &Arc<PipelineMetrics>) -> Vec<crate::metrics::TransformMetrics> {
-    m.transforms.clone()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -433,7 +483,7 @@ struct Settled {
 async fn settle_one(
     sink: Arc<dyn Sink>,
     metrics: Arc<PipelineMetrics>,
-    pipeline: Arc<str>,
+    pipeline: Arc<PipelineLog>,
     policy: ErrorPolicy,
     d: Done,
 ) -> Settled {
@@ -479,7 +529,9 @@ async fn settle_one(
             None
         }
         ErrorPolicy::Drop => {
-            tracing::warn!(pipeline = %pipeline, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %d.input.topic, "message failed and errors.policy is drop: discarded");
+            if let Some(suppressed) = pipeline.admit() {
+                tracing::warn!(pipeline = %pipeline.name, suppressed, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %d.input.topic, "message failed and errors.policy is drop: discarded");
+            }
             None
         }
         ErrorPolicy::Fail => Some(format!(
@@ -496,6 +548,42 @@ async fn settle_one(
     Settled { seq: d.seq, fatal }
 }
 
+/// A pipeline's name for per-message log lines, which are rate-limited:
+/// at most [`PipelineLog::BURST`] per [`PipelineLog::WINDOW`], then a count
+/// of what was suppressed on the next line that gets through.
+struct PipelineLog {
+    name: Arc<str>,
+    budget: Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl PipelineLog {
+    const BURST: u32 = 10;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn new(name: &str) -> Self {
+        PipelineLog {
+            name: name.into(),
+            budget: Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(lines suppressed since the last one logged)` if this line may
+    /// be logged.
+    fn admit(&self) -> Option<u64> {
+        let mut b = self.budget.lock().ok()?;
+        if b.0.elapsed() >= Self::WINDOW {
+            b.0 = std::time::Instant::now();
+            b.1 = 0;
+        }
+        if b.1 >= Self::BURST {
+            b.2 += 1;
+            return None;
+        }
+        b.1 += 1;
+        Some(std::mem::take(&mut b.2))
+    }
+}
+
 fn backoff(attempt: u32) -> Duration {
     let ms = 100u64.saturating_mul(1 << attempt.min(8)).min(10_000);
     let jitter = rand::random_range(0.5..1.0);
@@ -505,7 +593,7 @@ fn backoff(attempt: u32) -> Duration {
 async fn deliver_retrying(
     sink: &dyn Sink,
     metrics: &PipelineMetrics,
-    pipeline: &str,
+    pipeline: &PipelineLog,
     m: &Message,
 ) -> Result<(), String> {
     let mut attempt = 0;
@@ -517,8 +605,8 @@ async fn deliver_retrying(
                 if e.permanent {
                     return Err(e.message);
                 }
-                if attempt % 10 == 0 {
-                    tracing::warn!(pipeline, error = %e, attempt, "delivery failed, retrying");
+                if let Some(suppressed) = pipeline.admit() {
+                    tracing::warn!(pipeline = %pipeline.name, suppressed, error = %e, attempt, "delivery failed, retrying");
                 }
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
@@ -534,7 +622,7 @@ async fn deliver_retrying(
 async fn dead_letter_retrying(
     sink: &dyn Sink,
     metrics: &PipelineMetrics,
-    pipeline: &str,
+    pipeline: &PipelineLog,
     m: &Message,
     f: &Failure,
 ) -> bool {
@@ -544,7 +632,9 @@ async fn dead_letter_retrying(
         match sink.dead_letter(&record, f).await {
             Ok(true) => return true,
             Ok(false) => {
-                tracing::error!(pipeline, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %m.topic, "message failed and no dead_letter_topic is configured: discarded");
+                if let Some(suppressed) = pipeline.admit() {
+                    tracing::error!(pipeline = %pipeline.name, suppressed, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %m.topic, "message failed and no dead_letter_topic is configured: discarded");
+                }
                 return false;
             }
             Err(e) => {
@@ -560,7 +650,9 @@ async fn dead_letter_retrying(
                         record = std::borrow::Cow::Owned(slim);
                         continue;
                     }
-                    tracing::error!(pipeline, error = %e, reason = %f.reason, "dead-letter write rejected permanently: message discarded");
+                    if let Some(suppressed) = pipeline.admit() {
+                        tracing::error!(pipeline = %pipeline.name, suppressed, error = %e, reason = %f.reason, "dead-letter write rejected permanently: message discarded");
+                    }
                     return false;
                 }
                 tokio::time::sleep(backoff(attempt)).await;

@@ -395,3 +395,21 @@ async fn the_default_policy_without_a_dead_letter_topic_is_fail() {
         crate::config::ErrorPolicy::DeadLetter
     );
 }
+
+#[test]
+fn per_message_log_lines_are_rate_limited_and_count_what_was_suppressed() {
+    let log = PipelineLog::new("p");
+    let admitted: Vec<Option<u64>> = (0..PipelineLog::BURST + 5).map(|_| log.admit()).collect();
+    assert!(admitted[..PipelineLog::BURST as usize]
+        .iter()
+        .all(|a| *a == Some(0)));
+    assert!(admitted[PipelineLog::BURST as usize..]
+        .iter()
+        .all(|a| a.is_none()));
+    // A new window: the first line reports the 5 suppressed.
+    if let Ok(mut b) = log.budget.lock() {
+        b.0 -= PipelineLog::WINDOW;
+    }
+    assert_eq!(log.admit(), Some(5));
+    assert_eq!(log.admit(), Some(0));
+}

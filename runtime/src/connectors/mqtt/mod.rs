@@ -35,7 +35,7 @@ pub enum Protocol {
 }
 
 /// One subscription.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TopicConfig {
     /// Topic filter, wildcards allowed; `$share/GROUP/filter` for shared
@@ -51,7 +51,7 @@ fn default_qos() -> u8 {
 }
 
 /// TLS settings for `mqtts://` URLs.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the CA(s) to trust; default: the system bundle.
@@ -63,7 +63,7 @@ pub struct TlsConfig {
 }
 
 /// Reconnect backoff.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconnectConfig {
     /// First wait after a failure, ms.
@@ -82,7 +82,7 @@ impl Default for ReconnectConfig {
 }
 
 /// `source.mqtt` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     /// `mqtt://host:port` or `mqtts://host:port`.
