@@ -215,6 +215,142 @@ errors:
 }
 
 #[test]
+fn every_contract_metric_shows_the_right_counts_for_a_known_message_mix() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("mix", 1);
+    kafka.create_topic("mix.dlq", 1);
+    let sluice = Sluice::start(&[render(
+        r#"
+apiVersion: sluice/v1
+name: mix
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-mix
+    topics:
+      - filter: sensors/+/telemetry
+        qos: 1
+transforms:
+  - name: shape
+    plugin: @json_map@
+    config: { from_topic: { device_id: 1 } }
+  - name: only-hot
+    plugin: @json_filter@
+    config: { field: temperature, op: gt, value: 30 }
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: mix
+errors:
+  dead_letter_topic: mix.dlq
+"#,
+        &mqtt,
+        &kafka,
+    )]);
+    // 20 messages: 4 not JSON (dead-lettered by `shape`), 6 cold (dropped
+    // by `only-hot`), 10 hot (delivered).
+    let messages: Vec<MqttMessage> = (0..20)
+        .map(|seq| {
+            let payload = match seq % 5 {
+                0 => "not json".to_string(),
+                1 | 2 | 3 if seq < 10 => json!({ "seq": seq, "temperature": 20 }).to_string(),
+                _ => json!({ "seq": seq, "temperature": 40 }).to_string(),
+            };
+            MqttMessage::new(format!("sensors/dev-{seq}/telemetry"), payload)
+        })
+        .collect();
+    publish(&mqtt.url(), Protocol::V5, 1, &messages);
+    consume_with_grace(&kafka.brokers(), "mix", 10, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    let settled = wait_until(deadline(DELIVERY_TIMEOUT), || {
+        sluice.metric("sluice_in_flight_messages", &[("pipeline", "mix")]) == Some(0.0)
+            && sluice.metric("sluice_messages_received_total", &[("pipeline", "mix")]) == Some(20.0)
+    });
+    assert!(settled, "{}", sluice.metrics());
+    let text = sluice.metrics();
+    let expect = |name: &str, labels: &[(&str, &str)], value: f64| {
+        let mut all = vec![("pipeline", "mix")];
+        all.extend_from_slice(labels);
+        assert_eq!(
+            metric_value(&text, name, &all),
+            Some(value),
+            "{name}{labels:?} in:\n{text}"
+        );
+    };
+    expect("sluice_messages_received_total", &[], 20.0);
+    expect("sluice_messages_delivered_total", &[], 10.0);
+    expect(
+        "sluice_messages_dropped_total",
+        &[("transform", "only-hot")],
+        6.0,
+    );
+    expect(
+        "sluice_messages_dropped_total",
+        &[("transform", "shape")],
+        0.0,
+    );
+    expect(
+        "sluice_messages_dead_lettered_total",
+        &[("stage", "transform")],
+        4.0,
+    );
+    expect(
+        "sluice_messages_dead_lettered_total",
+        &[("stage", "sink")],
+        0.0,
+    );
+    expect(
+        "sluice_messages_failed_total",
+        &[("stage", "transform")],
+        4.0,
+    );
+    expect("sluice_in_flight_messages", &[], 0.0);
+    // Every input's ack was released: one latency sample each.
+    expect("sluice_end_to_end_latency_seconds_count", &[], 20.0);
+    for transform in ["shape", "only-hot"] {
+        let calls = metric_value(
+            &text,
+            "sluice_transform_duration_seconds_count",
+            &[("pipeline", "mix"), ("transform", transform)],
+        );
+        assert!(calls.is_some_and(|c| c >= 1.0), "{transform}: {calls:?}");
+        for kind in ["trap", "timeout", "memory", "invalid"] {
+            expect(
+                "sluice_plugin_traps_total",
+                &[("transform", transform), ("kind", kind)],
+                0.0,
+            );
+        }
+    }
+    expect("sluice_mqtt_connected", &[], 1.0);
+    expect("sluice_mqtt_reconnects_total", &[], 0.0);
+    expect("sluice_kafka_produce_errors_total", &[], 0.0);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("sluice_build_info{version=")),
+        "{text}"
+    );
+    for process in ["process_resident_memory_bytes", "process_open_fds"] {
+        assert!(
+            metric_value(&text, process, &[]).is_some_and(|v| v > 0.0),
+            "{process} in:\n{text}"
+        );
+    }
+    assert!(metric_value(&text, "process_cpu_seconds_total", &[]).is_some());
+    // Buckets resolve sub-millisecond transform calls and 1 ms - 10 s latency.
+    for (histogram, le) in [
+        ("sluice_transform_duration_seconds_bucket", "0.00001"),
+        ("sluice_end_to_end_latency_seconds_bucket", "0.001"),
+        ("sluice_end_to_end_latency_seconds_bucket", "10"),
+    ] {
+        assert!(
+            metric_value(&text, histogram, &[("le", le)]).is_some(),
+            "no {histogram} le={le} in:\n{text}"
+        );
+    }
+}
+
+#[test]
 fn json_split_turns_one_message_into_one_record_per_element() {
     let mqtt = Mosquitto::start();
     let kafka = Tansu::start();

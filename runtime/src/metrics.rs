@@ -6,6 +6,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The `kind` label values of `sluice_plugin_traps_total`.
+pub const TRAP_KINDS: [&str; 4] = ["trap", "timeout", "memory", "invalid"];
+
 /// All metric families of the process.
 pub struct Metrics {
     registry: Registry,
@@ -97,11 +100,18 @@ impl PipelineMetrics {
             .unwrap_or_default()
     }
 
-    /// Resolves the handles of a chain of `names` (not yet in force).
+    /// Resolves the handles of a chain of `names` (not yet in force). The
+    /// trap series of every kind show at zero from the start.
     pub fn resolve_transforms(&self, names: &[String]) -> Vec<TransformMetrics> {
         let f = &self.families;
         names
             .iter()
+            .inspect(|t| {
+                for kind in TRAP_KINDS {
+                    f.traps
+                        .with_label_values(&[f.pipeline.as_str(), t.as_str(), kind]);
+                }
+            })
             .map(|t| TransformMetrics {
                 duration: f.duration.with_label_values(&[&f.pipeline, t]),
                 dropped: f.dropped.with_label_values(&[&f.pipeline, t]),
