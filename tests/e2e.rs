@@ -254,7 +254,7 @@ errors:
         .map(|seq| {
             let payload = match seq % 5 {
                 0 => "not json".to_string(),
-                1 | 2 | 3 if seq < 10 => json!({ "seq": seq, "temperature": 20 }).to_string(),
+                1..=3 if seq < 10 => json!({ "seq": seq, "temperature": 20 }).to_string(),
                 _ => json!({ "seq": seq, "temperature": 40 }).to_string(),
             };
             MqttMessage::new(format!("sensors/dev-{seq}/telemetry"), payload)
