@@ -260,3 +260,68 @@ fn env_references_are_found_with_and_without_defaults() {
         BTreeSet::from([("KAFKA".to_owned(), true), ("MQTT_URL".to_owned(), false)])
     );
 }
+
+/// Runs `command` in `dir`; panics with its output unless it succeeds.
+fn run_ok(dir: &Path, mut command: Command) -> String {
+    let shown = format!("{command:?}");
+    let output = command
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|err| panic!("run {shown}: {err}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{shown} failed:\n{text}");
+    text
+}
+
+/// The README's plugin walk-through as a new user runs it: scaffold, unit
+/// tests natively, build the component, validate, `sluice test --expect`.
+#[test]
+fn plugin_new_makes_a_crate_that_tests_builds_and_passes_sluice_test() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut new = sluice_command();
+    new.args(["plugin", "new", "add-site"]);
+    let said = run_ok(dir.path(), new);
+    assert!(said.contains("cargo build --release"), "{said}");
+    let root = dir.path().join("add-site");
+    // Reuse compiled dependencies across runs: point the crate's `target`
+    // at a folder under the plugins' target dir.
+    let shared = workspace_root().join("plugins/target/scaffold-test");
+    std::fs::create_dir_all(&shared).expect("shared target dir");
+    std::os::unix::fs::symlink(&shared, root.join("target")).expect("link target");
+    let cargo = || {
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        // The test runs under the workspace's cargo: keep its settings out.
+        c.env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS");
+        c
+    };
+    let mut test = cargo();
+    test.args(["test", "--target", "x86_64-unknown-linux-gnu"]);
+    let tested = run_ok(&root, test);
+    assert!(tested.contains("test result: ok. 3 passed"), "{tested}");
+    let mut build = cargo();
+    build.args(["build", "--release"]);
+    run_ok(&root, build);
+    assert!(root
+        .join("target/wasm32-wasip2/release/add_site.wasm")
+        .is_file());
+    let mut validate = sluice_command();
+    validate.args(["validate", "pipeline.yaml"]);
+    run_ok(&root, validate);
+    let mut check = sluice_command();
+    check.args([
+        "test",
+        "pipeline.yaml",
+        "--input",
+        "fixtures/in.jsonl",
+        "--expect",
+        "fixtures/out.jsonl",
+    ]);
+    let checked = run_ok(&root, check);
+    assert!(checked.contains("2 record(s) match"), "{checked}");
+}

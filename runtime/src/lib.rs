@@ -15,6 +15,7 @@ pub mod http;
 pub mod message;
 pub mod metrics;
 pub mod runner;
+pub mod scaffold;
 pub mod summary;
 pub mod template;
 pub mod testing;

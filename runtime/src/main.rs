@@ -85,6 +85,11 @@ enum Command {
         #[arg(long)]
         expect: Option<PathBuf>,
     },
+    /// Plugin authoring tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// The embedded default: in-process MQTT broker and Kafka, simulated
     /// devices, the example transforms, a live summary.
     Demo {
@@ -103,6 +108,19 @@ enum Command {
         /// Messages per second per device.
         #[arg(long, default_value_t = 5)]
         rate: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a Rust transform crate (SDK vendored, unit tests, example
+    /// pipeline and fixtures) that builds with `cargo build --release`.
+    New {
+        /// Crate name: lowercase letters, digits, `-`, `_`.
+        name: String,
+        /// Folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -234,6 +252,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
             })?;
             tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin {
+            command: PluginCommand::New { name, dir },
+        } => {
+            let root = sluice::scaffold::new_plugin(&dir, &name)?;
+            let file = name.replace('-', "_");
+            println!("created {}", root.display());
+            println!("next:");
+            println!("  cd {}", root.display());
+            println!("  cargo test --target x86_64-unknown-linux-gnu   # unit tests, natively");
+            println!("  cargo build --release                          # -> target/wasm32-wasip2/release/{file}.wasm");
+            println!(
+                "  sluice test pipeline.yaml --input fixtures/in.jsonl --expect fixtures/out.jsonl"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
