@@ -351,6 +351,62 @@ errors:
 }
 
 #[test]
+fn a_mosquitto_broker_gets_a_warning_about_its_offline_queue_unless_silenced() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("probe", 1);
+    let pipeline = |name: &str, extra: &str| {
+        render(
+            &format!(
+                r#"
+apiVersion: sluice/v1
+name: {name}
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-{name}
+    topics:
+      - filter: probe/#
+        qos: 1
+{extra}
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: probe
+"#
+            ),
+            &mqtt,
+            &kafka,
+        )
+    };
+    let sluice = Sluice::start(&[
+        pipeline("probed", ""),
+        pipeline("silenced", "    probe_broker: false"),
+    ]);
+    let warned = wait_until(deadline(Duration::from_secs(20)), || {
+        sluice.stderr().contains("max_queued_messages 0")
+    });
+    let stderr = sluice.stderr();
+    assert!(warned, "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("max_queued_messages 0"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("probed"), "{}", warnings[0]);
+    assert!(stderr.contains("mosquitto version"), "{stderr}");
+    // The probe does not disturb the pipelines: each delivers the message.
+    publish(
+        &mqtt.url(),
+        Protocol::V5,
+        1,
+        &[MqttMessage::new("probe/a", "x")],
+    );
+    let records = consume_with_grace(&kafka.brokers(), "probe", 2, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    assert_eq!(records.len(), 2);
+}
+
+#[test]
 fn json_split_turns_one_message_into_one_record_per_element() {
     let mqtt = Mosquitto::start();
     let kafka = Tansu::start();

@@ -6,6 +6,7 @@
 //! acks for messages of an earlier connection are dropped rather than sent
 //! (a stale packet id could otherwise ack a different, newer message).
 
+mod probe;
 mod session;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,6 +120,15 @@ pub struct MqttConfig {
     /// Reconnect backoff.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    /// At start of an at-least-once pipeline, read the broker's version
+    /// from `$SYS` on a separate connection and warn if its default queue
+    /// for offline sessions drops messages.
+    #[serde(default = "default_true")]
+    pub probe_broker: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_keep_alive() -> u64 {
@@ -381,6 +391,13 @@ pub fn start(cfg: &MqttConfig, ctx: &Context) -> Result<SourceHandle, ConnectorE
         closing: watch::channel(false).0,
         writer: writer.clone(),
     });
+    if ctx.at_least_once && cfg.probe_broker {
+        tokio::spawn(probe::check(
+            ctx.pipeline.clone(),
+            cfg.url.clone(),
+            spec.clone(),
+        ));
+    }
     let task = tokio::spawn(run_loop(LoopState {
         spec,
         topics: cfg.topics.clone(),
