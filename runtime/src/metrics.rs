@@ -42,11 +42,17 @@ impl TransformMetrics {
         &self.transform
     }
 
-    /// Counts one trap of `kind` (`trap`, `timeout`, `memory`, `invalid`).
+    /// Counts one trap of `kind` (`trap`, `timeout`, `memory`, `stack`,
+    /// `invalid`).
     pub fn trap(&self, kind: &str) {
+        self.traps_by(kind, 1);
+    }
+
+    /// Counts `n` traps of `kind`.
+    pub fn traps_by(&self, kind: &str, n: u64) {
         self.traps
             .with_label_values(&[&self.pipeline, &self.transform, kind])
-            .inc();
+            .inc_by(n);
     }
 }
 
@@ -145,7 +151,7 @@ impl Metrics {
             ),
             traps: counter(
                 "sluice_plugin_traps_total",
-                "Plugin traps, timeouts, out-of-memory and invalid results.",
+                "Plugin failures by kind: trap, timeout, memory, stack, invalid (wrong result count, too many or too large outputs).",
                 &["pipeline", "transform", "kind"],
             ),
             mqtt_connected: gauge(
