@@ -314,7 +314,7 @@ errors:
             &[("pipeline", "mix"), ("transform", transform)],
         );
         assert!(calls.is_some_and(|c| c >= 1.0), "{transform}: {calls:?}");
-        for kind in ["trap", "timeout", "memory", "invalid"] {
+        for kind in ["trap", "timeout", "memory", "stack", "invalid"] {
             expect(
                 "sluice_plugin_traps_total",
                 &[("transform", transform), ("kind", kind)],

@@ -7,7 +7,7 @@ use prometheus::{
 };
 
 /// The `kind` label values of `sluice_plugin_traps_total`.
-pub const TRAP_KINDS: [&str; 4] = ["trap", "timeout", "memory", "invalid"];
+pub const TRAP_KINDS: [&str; 5] = ["trap", "timeout", "memory", "stack", "invalid"];
 
 /// All metric families of the process.
 pub struct Metrics {
@@ -45,11 +45,17 @@ impl TransformMetrics {
         &self.transform
     }
 
-    /// Counts one trap of `kind` (`trap`, `timeout`, `memory`, `invalid`).
+    /// Counts one trap of `kind` (`trap`, `timeout`, `memory`, `stack`,
+    /// `invalid`).
     pub fn trap(&self, kind: &str) {
+        self.traps_by(kind, 1);
+    }
+
+    /// Counts `n` traps of `kind`.
+    pub fn traps_by(&self, kind: &str, n: u64) {
         self.traps
             .with_label_values(&[&self.pipeline, &self.transform, kind])
-            .inc();
+            .inc_by(n);
     }
 }
 
@@ -197,7 +203,7 @@ impl Metrics {
             ),
             traps: counter(
                 "sluice_plugin_traps_total",
-                "Plugin traps, timeouts, out-of-memory and invalid results.",
+                "Plugin failures by kind: trap, timeout, memory, stack, invalid (wrong result count, too many or too large outputs).",
                 &["pipeline", "transform", "kind"],
             ),
             mqtt_connected: gauge(

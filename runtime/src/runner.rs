@@ -10,7 +10,7 @@ use crate::config::{self, Diagnostic, Diagnostics, Pipeline, TransformConfig};
 use crate::engine::{self, Reloaded, Status};
 use crate::http::{self, AdminAccess, AppState, ServeError};
 use crate::metrics::Metrics;
-use crate::wasm::{Instance, WasmHost};
+use crate::wasm::WasmHost;
 
 /// Loads every file and runs every check that needs no broker, including
 /// compiling each plugin, linking it against the world and calling `init`
@@ -84,25 +84,16 @@ fn pipeline_name_hint(text: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Compiles and links one plugin and calls its `init` with the config.
+/// Compiles and links one plugin (checking its imports against its
+/// grants) and calls its `init` with the config.
 fn check_plugin(
     t: &TransformConfig,
     pipeline: &str,
     host: &WasmHost,
 ) -> Vec<(config::Pos, String)> {
-    match host.load(&t.plugin) {
-        Ok(plugin) => match Instance::new(
-            &plugin,
-            pipeline,
-            &t.name,
-            &t.config_json,
-            t.limits,
-            &t.capabilities,
-        ) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![(t.config_pos, format!("transform `{}`: {e}", t.name))],
-        },
-        Err(e) => vec![(t.plugin_pos, format!("transform `{}`: {e}", t.name))],
+    match host.check(t, pipeline) {
+        Ok(()) => Vec::new(),
+        Err((pos, e)) => vec![(pos, format!("transform `{}`: {e}", t.name))],
     }
 }
 

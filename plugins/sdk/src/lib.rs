@@ -72,8 +72,11 @@
 //!   input message to the pipeline's dead-letter topic with `reason`.
 //! - A panic traps the whole plugin instance: the host dead-letters the
 //!   batch and starts a fresh instance. Return `Err` instead.
-//! - There is no filesystem, network, clock or randomness: the message and
-//!   the config are all the input. [`log`] writes to the host's log.
+//! - There is no filesystem, network, environment, clock or randomness: the
+//!   message and the config are all the input, unless the pipeline YAML
+//!   grants a clock, randomness, stdio or named environment variables. A
+//!   plugin that imports what it is not granted (e.g. uses `std::fs`) is
+//!   rejected when it is loaded. [`log`] writes to the host's log.
 //!
 //! Everything that only makes sense inside WebAssembly is compiled only for
 //! `target_arch = "wasm32"`, so transforms are unit-tested natively:

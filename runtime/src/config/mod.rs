@@ -188,35 +188,120 @@ struct SinkSection {
     kafka: Option<crate::connectors::kafka::KafkaConfig>,
 }
 
-/// Per-instance limits of a transform.
+/// Per-instance limits of a transform (`limits:`). Every key is optional;
+/// the defaults are safe for the example transforms.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Linear memory cap per instance, in MiB.
+    /// Linear memory cap per instance (all its memories together), in MiB.
     pub memory_mb: u64,
     /// Time budget for one `process` call (one batch), in milliseconds.
     pub timeout_ms: u64,
+    /// WebAssembly stack per call, in KiB (deeper recursion traps).
+    pub stack_kb: u64,
+    /// Most output messages for one input message.
+    pub max_outputs: u64,
+    /// Most output bytes for one input message: payloads, keys, topics,
+    /// content types and header names and values of all its outputs.
+    pub max_output_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            memory_mb: 64,
-            timeout_ms: 1000,
+            memory_mb: default_memory_mb(),
+            timeout_ms: default_timeout_ms(),
+            stack_kb: default_stack_kb(),
+            max_outputs: default_max_outputs(),
+            max_output_bytes: default_max_output_bytes(),
         }
     }
 }
 
-/// Host capabilities a plugin may be granted. None by default.
+fn default_memory_mb() -> u64 {
+    64
+}
+
+fn default_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_stack_kb() -> u64 {
+    512
+}
+
+fn default_max_outputs() -> u64 {
+    1000
+}
+
+fn default_max_output_bytes() -> u64 {
+    4 << 20
+}
+
+impl Limits {
+    /// The accepted range of each key, with its unit, in YAML order.
+    /// `stack_kb` stays well below the 2 MiB native stack of the threads
+    /// that run plugins (the host's own frames need the rest).
+    pub const RANGES: [(&'static str, u64, u64, &'static str); 5] = [
+        ("memory_mb", 1, 4096, "MiB"),
+        ("timeout_ms", 1, 60_000, "ms"),
+        ("stack_kb", 64, 1024, "KiB"),
+        ("max_outputs", 1, 100_000, "messages"),
+        ("max_output_bytes", 1, 1 << 30, "bytes"),
+    ];
+
+    fn value(&self, key: &str) -> u64 {
+        match key {
+            "memory_mb" => self.memory_mb,
+            "timeout_ms" => self.timeout_ms,
+            "stack_kb" => self.stack_kb,
+            "max_outputs" => self.max_outputs,
+            _ => self.max_output_bytes,
+        }
+    }
+
+    /// Every key outside its range: `(key, message)`.
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        Self::RANGES
+            .iter()
+            .filter(|(key, lo, hi, _)| !(*lo..=*hi).contains(&self.value(key)))
+            .map(|(key, lo, hi, unit)| {
+                (
+                    *key,
+                    format!(
+                        "limits.{key} must be between {lo} and {hi} ({unit}), got {}",
+                        self.value(key)
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Host capabilities a plugin may be granted (`capabilities:`). None by
+/// default: a plugin whose component imports an interface that needs a
+/// capability it was not granted is rejected when it is loaded.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Capability {
-    /// Real wall and monotonic clocks (otherwise both read a frozen time).
+    /// Real wall and monotonic clocks: `wasi:clocks/wall-clock` and
+    /// `wasi:clocks/monotonic-clock`.
     Clock,
-    /// Real randomness (otherwise a fixed byte stream).
+    /// Real randomness: `wasi:random/random` and `wasi:random/insecure`
+    /// (and a random `wasi:random/insecure-seed`, else a fixed one).
     Random,
-    /// Guest stdout/stderr go to the host log (otherwise discarded).
+    /// Guest stdout and stderr go to the host's stdout and stderr
+    /// (otherwise discarded).
     Stdio,
+}
+
+/// Whether `name` can be an environment variable name in an `env:` grant.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[derive(Deserialize)]
@@ -230,6 +315,8 @@ struct RawTransform {
     limits: Limits,
     #[serde(default)]
     capabilities: Vec<Capability>,
+    #[serde(default)]
+    env: Vec<String>,
 }
 
 /// One transform in the chain.
@@ -245,6 +332,9 @@ pub struct TransformConfig {
     pub limits: Limits,
     /// Granted capabilities.
     pub capabilities: Vec<Capability>,
+    /// Environment variables the plugin may read, by name; their values
+    /// are read from sluice's environment when an instance is created.
+    pub env: Vec<String>,
     /// Position of the `plugin:` value, for plugin errors.
     pub plugin_pos: Pos,
     /// Position of the `config:` key (or the item), for `init` errors.
@@ -510,10 +600,25 @@ pub fn load_checked(
                 continue;
             }
         };
-        if raw.limits.memory_mb == 0 || raw.limits.timeout_ms == 0 {
+        let limit_errors = raw.limits.check();
+        let limits_ok = limit_errors.is_empty();
+        for (key, message) in limit_errors {
             err(yaml::YamlError {
-                pos: doc.value_pos(&format!("{p}.limits")),
-                message: "limits.memory_mb and limits.timeout_ms must be positive".into(),
+                pos: doc.value_pos(&format!("{p}.limits.{key}")),
+                message,
+            });
+        }
+        for (j, name) in raw.env.iter().enumerate() {
+            let message = if !is_env_name(name) {
+                format!("invalid environment variable name `{name}` in env: use letters, digits and `_`, not starting with a digit")
+            } else if raw.env[..j].contains(name) {
+                format!("environment variable `{name}` is listed twice in env")
+            } else {
+                continue;
+            };
+            err(yaml::YamlError {
+                pos: doc.value_pos(&format!("{p}.env[{j}]")),
+                message,
             });
         }
         let plugin_pos = doc.value_pos(&format!("{p}.plugin"));
@@ -530,10 +635,12 @@ pub fn load_checked(
             config_json,
             limits: raw.limits,
             capabilities: raw.capabilities,
+            env: raw.env,
             plugin_pos,
             config_pos: doc.key_pos(&format!("{p}.config")),
         };
-        if t.plugin.is_file() {
+        // The plugin checks instantiate with the limits: only valid ones.
+        if t.plugin.is_file() && limits_ok {
             for (pos, message) in check(&t) {
                 err(yaml::YamlError { pos, message });
             }
@@ -737,6 +844,99 @@ errors:
         assert_eq!(
             errs.to_string(),
             "p.yaml:1:7: environment variable `NOPE` is not set (use `${NOPE:-default}` to give a default)"
+        );
+    }
+
+    /// GOOD with one transform whose plugin is this very file (it exists;
+    /// no plugin checks run here) and `extra` lines under it.
+    fn with_transform(extra: &str) -> String {
+        GOOD.replace(
+            "sink:\n",
+            &format!("transforms:\n  - name: t\n    plugin: p.yaml\n{extra}sink:\n"),
+        )
+    }
+
+    fn load_here(text: &str) -> Result<Pipeline, Diagnostics> {
+        // `plugin: p.yaml` resolves next to the pipeline file: use a real
+        // file for the existence check.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, text).unwrap();
+        load_str(&file, text, |_| None).map_err(|Diagnostics(d)| {
+            Diagnostics(
+                d.into_iter()
+                    .map(|mut d| {
+                        d.file = PathBuf::from("p.yaml");
+                        d
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    #[test]
+    fn transform_limits_default_to_safe_values_and_env_to_nothing() {
+        let p = load_here(&with_transform("")).unwrap();
+        let t = &p.transforms[0];
+        assert_eq!(
+            t.limits,
+            Limits {
+                memory_mb: 64,
+                timeout_ms: 1000,
+                stack_kb: 512,
+                max_outputs: 1000,
+                max_output_bytes: 4 << 20,
+            }
+        );
+        assert!(t.capabilities.is_empty());
+        assert!(t.env.is_empty());
+    }
+
+    #[test]
+    fn every_limit_out_of_range_is_reported_at_its_value() {
+        let text = with_transform(
+            "    limits:\n      memory_mb: 0\n      timeout_ms: 600000\n      stack_kb: 8\n      max_outputs: 0\n      max_output_bytes: 2147483648\n",
+        );
+        let errs: Vec<String> = load_here(&text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                "p.yaml:15:18: limits.memory_mb must be between 1 and 4096 (MiB), got 0",
+                "p.yaml:16:19: limits.timeout_ms must be between 1 and 60000 (ms), got 600000",
+                "p.yaml:17:17: limits.stack_kb must be between 64 and 1024 (KiB), got 8",
+                "p.yaml:18:20: limits.max_outputs must be between 1 and 100000 (messages), got 0",
+                "p.yaml:19:25: limits.max_output_bytes must be between 1 and 1073741824 (bytes), got 2147483648",
+            ]
+        );
+    }
+
+    #[test]
+    fn env_grants_take_valid_distinct_names() {
+        let p = load_here(&with_transform("    env: [TZ, SITE_ID]\n")).unwrap();
+        assert_eq!(p.transforms[0].env, ["TZ", "SITE_ID"]);
+        let errs = load_here(&with_transform("    env: [TZ, 1X, TZ]\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            errs,
+            "p.yaml:14:15: invalid environment variable name `1X` in env: use letters, digits and `_`, not starting with a digit\n\
+             p.yaml:14:19: environment variable `TZ` is listed twice in env"
+        );
+    }
+
+    #[test]
+    fn an_unknown_capability_is_an_error() {
+        let errs = load_here(&with_transform("    capabilities: [clock, network]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errs.starts_with("p.yaml:14:27: unknown variant `network`"),
+            "{errs}"
         );
     }
 

@@ -275,6 +275,9 @@ pub async fn run_with(
     let (swap_tx, swap_rx) = std::sync::mpsc::channel::<Option<Chain>>();
     let worker = std::thread::Builder::new()
         .name(format!("sluice-{}", p.name))
+        // Room for the largest wasm stack (`limits.stack_kb`) whatever
+        // RUST_MIN_STACK says.
+        .stack_size(8 << 20)
         .spawn(move || {
             while let Some(batch) = batch_rx.blocking_recv() {
                 // A reload swaps the chain between two batches: every

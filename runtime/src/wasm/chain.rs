@@ -10,6 +10,9 @@ use crate::connectors::Failure;
 use crate::message::Message;
 use crate::metrics::TransformMetrics;
 
+/// The traps metric's kind for results that break the contract or limits.
+const INVALID: &str = "invalid";
+
 /// What became of one input message.
 #[derive(Debug)]
 pub enum Outcome {
@@ -44,16 +47,8 @@ impl Chain {
         let mut stages = Vec::new();
         metrics.reverse();
         for (i, t) in transforms.iter().enumerate() {
-            let plugin = host.load(&t.plugin).map_err(|e| (i, e))?;
-            let instance = Instance::new(
-                &plugin,
-                pipeline,
-                &t.name,
-                &t.config_json,
-                t.limits,
-                &t.capabilities,
-            )
-            .map_err(|e| (i, e))?;
+            let plugin = host.load(t).map_err(|e| (i, e))?;
+            let instance = Instance::new(&plugin, pipeline, t).map_err(|e| (i, e))?;
             stages.push(Stage {
                 cfg: t.clone(),
                 plugin,
@@ -137,22 +132,17 @@ impl Chain {
 }
 
 impl Stage {
-    /// Calls the plugin; on a trap or invalid result the instance is
-    /// dropped and recreated for the next batch.
+    /// Calls the plugin; on a trap, overrun or wrong number of results the
+    /// instance is dropped and recreated for the next batch. Inputs whose
+    /// outputs break the output limits fail alone and are counted as
+    /// `invalid` traps; the instance stays.
     fn call(
         &mut self,
         pipeline: &str,
         msgs: &[Message],
     ) -> Result<Vec<Result<Vec<Message>, String>>, String> {
         if self.instance.is_none() {
-            match Instance::new(
-                &self.plugin,
-                pipeline,
-                &self.cfg.name,
-                &self.cfg.config_json,
-                self.cfg.limits,
-                &self.cfg.capabilities,
-            ) {
+            match Instance::new(&self.plugin, pipeline, &self.cfg) {
                 Ok(i) => self.instance = Some(i),
                 Err(e) => {
                     return Err(format!(
@@ -166,7 +156,15 @@ impl Stage {
             return Err("no instance".into());
         };
         match inst.process(msgs) {
-            Ok(r) => Ok(r),
+            Ok(p) => {
+                if p.over_limit > 0 {
+                    if let Some(m) = &self.metrics {
+                        m.traps_by(INVALID, p.over_limit as u64);
+                    }
+                    tracing::warn!(pipeline, transform = %self.cfg.name, inputs = p.over_limit, batch = msgs.len(), "plugin outputs for some inputs exceed limits.max_outputs or limits.max_output_bytes; those inputs failed");
+                }
+                Ok(p.results)
+            }
             Err(e) => {
                 if let Some(m) = &self.metrics {
                     m.trap(e.kind);

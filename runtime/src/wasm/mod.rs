@@ -1,13 +1,29 @@
-//! The WebAssembly host: one `Engine` per process, plugins compiled once
-//! (and cached on disk as precompiled artefacts keyed by content hash and
-//! engine compatibility), one sandboxed instance per pipeline per transform.
+//! The WebAssembly host: engines shared by the whole process, plugins
+//! compiled once (and cached on disk as precompiled artefacts keyed by
+//! content hash and engine compatibility), one sandboxed instance per
+//! pipeline per transform.
 //!
-//! Sandbox: no WASI capability is granted by default: no preopened files, no
-//! environment, no sockets, stdio closed, clocks frozen at the Unix epoch and
-//! randomness a fixed stream. `capabilities:` in the YAML opts in to real
-//! clocks, randomness or stdio. Every store has a memory cap and a per-batch
-//! time budget (epoch interruption); a trap poisons the instance, so the
-//! caller recreates it with [`Instance::new`].
+//! Sandbox:
+//! - **Imports.** A plugin may import the `sluice:transform` interfaces and
+//!   a baseline of WASI interfaces that every Rust `wasm32-wasip2` guest
+//!   imports and that give nothing away here: `wasi:io/*`, `wasi:cli/*`
+//!   (stdio closed, environment empty, `exit` ends the call with a trap) and
+//!   `wasi:random/insecure-seed` (a fixed seed). `wasi:clocks/*` needs the
+//!   `clock` capability and `wasi:random/random` and `wasi:random/insecure`
+//!   need `random`; files (`wasi:filesystem/*`), sockets (`wasi:sockets/*`)
+//!   and anything else are never granted. [`WasmHost::load`] checks the
+//!   component's imports against the transform's grants and names every
+//!   import that is not allowed, before anything runs. `env:` grants named
+//!   environment variables; `stdio` passes stdout and stderr through.
+//! - **Limits** ([`Limits`]): total linear memory (the store's resource
+//!   limiter traps on growth past it), a time budget per call (epoch
+//!   interruption, ticking every [`EPOCH_TICK`]), the wasm stack (an engine
+//!   setting in wasmtime, so the host keeps one engine per distinct
+//!   `stack_kb`), and the number and size of the outputs for one input.
+//!   A trap, a timeout, an overrun or a wrong number of results fails the
+//!   whole call and poisons the instance, so the caller recreates it with
+//!   [`Instance::new`]; too many or too large outputs for one input fail
+//!   only that input (see [`Processed`]).
 //!
 //! This is the only module that calls `wasmtime::component::bindgen!`.
 
@@ -17,15 +33,15 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, EngineWeak, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::config::{Capability, Limits};
+use crate::config::{Capability, Limits, Pos, TransformConfig};
 use crate::message::{Message, Qos};
 
 mod bindings {
@@ -71,15 +87,34 @@ pub enum WasmError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{reason}")]
 pub struct CallError {
-    /// `timeout`, `memory`, `trap` or `invalid` (label of the traps metric).
+    /// `timeout`, `memory`, `stack`, `trap` or `invalid` (label of the
+    /// traps metric).
     pub kind: &'static str,
     /// Human-readable reason.
     pub reason: String,
 }
 
-/// The process-wide engine.
+/// The results of one successful `process` call.
+#[derive(Debug)]
+pub struct Processed {
+    /// One per input, in order: its outputs, or why it failed.
+    pub results: Vec<Result<Vec<Message>, String>>,
+    /// How many of those inputs failed because their outputs broke
+    /// `limits.max_outputs` or `limits.max_output_bytes` (counted as
+    /// `invalid` traps; the instance stays usable).
+    pub over_limit: usize,
+}
+
+/// Longest transform error text kept (it becomes a Kafka header).
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// The process's engines (one per distinct `limits.stack_kb`) and the
+/// thread that ticks their epochs.
 pub struct WasmHost {
-    engine: Engine,
+    /// Engines by max wasm stack in bytes.
+    engines: Mutex<Vec<(usize, Engine)>>,
+    /// What the epoch thread ticks.
+    ticking: Arc<Mutex<Vec<EngineWeak>>>,
     cache_dir: Option<PathBuf>,
     stop_ticker: Arc<AtomicBool>,
 }
@@ -102,8 +137,80 @@ pub struct Plugin {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: Sandbox,
     log: LogLimiter,
+}
+
+/// Most table elements of one instance, all tables together.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The store's resource limiter: caps the instance's linear memory (all its
+/// memories together, so a component cannot multiply the cap by declaring
+/// many memories) and tables, and remembers which cap was hit so that the
+/// trap can be named.
+struct Sandbox {
+    memory_cap: usize,
+    memory_used: usize,
+    table_used: usize,
+    hit_memory: bool,
+}
+
+impl ResourceLimiter for Sandbox {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self
+            .memory_used
+            .saturating_add(desired.saturating_sub(current));
+        if total > self.memory_cap || maximum.is_some_and(|m| desired > m) {
+            self.hit_memory = true;
+            wasmtime::bail!("memory limit reached: growing to {total} bytes");
+        }
+        self.memory_used = total;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.hit_memory = true;
+        Err(error.context("memory growth failed"))
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self
+            .table_used
+            .saturating_add(desired.saturating_sub(current));
+        if total > MAX_TABLE_ELEMENTS || maximum.is_some_and(|m| desired > m) {
+            self.hit_memory = true;
+            wasmtime::bail!("table limit reached: growing to {total} elements");
+        }
+        self.table_used = total;
+        Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.hit_memory = true;
+        Err(error.context("table growth failed"))
+    }
+
+    fn instances(&self) -> usize {
+        1000
+    }
+
+    fn tables(&self) -> usize {
+        1000
+    }
+
+    fn memories(&self) -> usize {
+        100
+    }
 }
 
 impl WasiView for HostState {
@@ -181,33 +288,62 @@ fn engine_error(e: impl std::fmt::Display) -> WasmError {
 }
 
 impl WasmHost {
-    /// Creates the engine and its epoch ticker. Compiled plugins are cached
-    /// in `cache_dir` (none: no cache).
+    /// Creates the engine for the default stack size and the epoch ticker.
+    /// Compiled plugins are cached in `cache_dir` (none: no cache).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, WasmError> {
-        let mut cfg = Config::new();
-        cfg.wasm_component_model(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(1 << 20);
-        let engine = Engine::new(&cfg).map_err(engine_error)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let (e, s) = (engine.weak(), stop.clone());
+        let ticking: Arc<Mutex<Vec<EngineWeak>>> = Arc::default();
+        let (t, s) = (ticking.clone(), stop.clone());
         std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    match e.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
-                    }
+                    let Ok(mut engines) = t.lock() else { return };
+                    engines.retain(|e| match e.upgrade() {
+                        Some(engine) => {
+                            engine.increment_epoch();
+                            true
+                        }
+                        None => false,
+                    });
                 }
             })
             .map_err(engine_error)?;
-        Ok(WasmHost {
-            engine,
+        let host = WasmHost {
+            engines: Mutex::default(),
+            ticking,
             cache_dir,
             stop_ticker: stop,
-        })
+        };
+        host.engine(Limits::default().stack_kb)?;
+        Ok(host)
+    }
+
+    /// The engine for a max wasm stack of `stack_kb` KiB, created on first
+    /// use. wasmtime sets the stack limit per engine, not per store, so each
+    /// distinct `limits.stack_kb` gets its own engine (a plugin used with
+    /// two stack sizes is compiled for each).
+    fn engine(&self, stack_kb: u64) -> Result<Engine, WasmError> {
+        let stack = usize::try_from(stack_kb)
+            .ok()
+            .and_then(|kb| kb.checked_mul(1024))
+            .ok_or_else(|| WasmError::Engine(format!("stack of {stack_kb} KiB is too large")))?;
+        let mut engines = self.engines.lock().map_err(engine_error)?;
+        if let Some((_, e)) = engines.iter().find(|(s, _)| *s == stack) {
+            return Ok(e.clone());
+        }
+        let mut cfg = Config::new();
+        cfg.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(stack);
+        let engine = Engine::new(&cfg).map_err(engine_error)?;
+        self.ticking
+            .lock()
+            .map_err(engine_error)?
+            .push(engine.weak());
+        engines.push((stack, engine.clone()));
+        Ok(engine)
     }
 
     /// The default cache folder: `$SLUICE_CACHE_DIR`, else
@@ -222,15 +358,15 @@ impl WasmHost {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("sluice"))
     }
 
-    fn cache_key(&self, bytes: &[u8]) -> String {
+    fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
         let content = Sha256::digest(bytes);
         let mut h = DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
+        engine.precompile_compatibility_hash().hash(&mut h);
         let hex: String = content.iter().map(|b| format!("{b:02x}")).collect();
         format!("{hex}-{:016x}.cwasm", h.finish())
     }
 
-    fn compile(&self, path: &Path) -> Result<Component, WasmError> {
+    fn compile(&self, engine: &Engine, path: &Path) -> Result<Component, WasmError> {
         let bytes = std::fs::read(path).map_err(|source| WasmError::Read {
             path: path.to_path_buf(),
             source,
@@ -239,14 +375,14 @@ impl WasmHost {
         let cached = self
             .cache_dir
             .as_ref()
-            .map(|d| d.join(self.cache_key(&bytes)));
+            .map(|d| d.join(Self::cache_key(engine, &bytes)));
         if let Some(c) = &cached {
             if c.is_file() {
                 // SAFETY: the file was written by `precompile_component` of an
                 // engine with the same compatibility hash (it is in the name),
                 // into a folder that only this runtime writes. wasmtime also
                 // checks the header and rejects mismatches with an error.
-                match unsafe { Component::deserialize_file(&self.engine, c) } {
+                match unsafe { Component::deserialize_file(engine, c) } {
                     Ok(comp) => return Ok(comp),
                     Err(e) => {
                         tracing::warn!(cache = %c.display(), error = %e, "ignoring unusable compiled-plugin cache entry")
@@ -261,26 +397,25 @@ impl WasmHost {
             ))
         };
         let Some(c) = cached else {
-            return Component::new(&self.engine, &bytes).map_err(compile_err);
+            return Component::new(engine, &bytes).map_err(compile_err);
         };
-        let pre = self
-            .engine
-            .precompile_component(&bytes)
-            .map_err(compile_err)?;
+        let pre = engine.precompile_component(&bytes).map_err(compile_err)?;
         if let Err(e) = write_atomically(&c, &pre) {
             tracing::warn!(cache = %c.display(), error = %e, "cannot write compiled-plugin cache");
         }
         // SAFETY: `pre` was produced just now by this engine.
-        unsafe { Component::deserialize(&self.engine, &pre) }.map_err(compile_err)
+        unsafe { Component::deserialize(engine, &pre) }.map_err(compile_err)
     }
 
-    /// Compiles (or loads from cache) and links a plugin, checking that it
-    /// exports the `sluice:transform/transform` world and imports nothing
-    /// the host does not provide. (Capabilities shape each instance's WASI
-    /// context, see [`Instance::new`].)
-    pub fn load(&self, path: &Path) -> Result<Arc<Plugin>, WasmError> {
-        let component = self.compile(path)?;
-        let mut linker: Linker<HostState> = Linker::new(&self.engine);
+    /// Compiles (or loads from cache) and links the plugin of transform
+    /// `t`, checking that it exports the `sluice:transform/transform` world
+    /// and imports nothing that `t` is not granted (see the module docs).
+    pub fn load(&self, t: &TransformConfig) -> Result<Arc<Plugin>, WasmError> {
+        let path = t.plugin.as_path();
+        let engine = self.engine(t.limits.stack_kb)?;
+        let component = self.compile(&engine, path)?;
+        check_imports(path, &component, &engine, &t.capabilities)?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
         Transform::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(engine_error)?;
@@ -293,7 +428,7 @@ impl WasmHost {
         let pre = TransformPre::new(pre).map_err(|e| {
             let exports: Vec<String> = component
                 .component_type()
-                .exports(&self.engine)
+                .exports(&engine)
                 .map(|(name, _)| format!("`{name}`"))
                 .collect();
             let found = if exports.is_empty() {
@@ -308,9 +443,98 @@ impl WasmHost {
         })?;
         Ok(Arc::new(Plugin {
             pre,
-            engine: self.engine.clone(),
+            engine,
             path: path.to_path_buf(),
         }))
+    }
+
+    /// What `validate` does for one transform: loads its plugin and
+    /// initialises one instance with its config. On failure, returns where
+    /// in the pipeline file the problem belongs (the `plugin:` value for
+    /// load and link errors, the `config:` key for `init` errors).
+    pub fn check(&self, t: &TransformConfig, pipeline: &str) -> Result<(), (Pos, WasmError)> {
+        let plugin = self.load(t).map_err(|e| (t.plugin_pos, e))?;
+        Instance::new(&plugin, pipeline, t).map_err(|e| (t.config_pos, e))?;
+        Ok(())
+    }
+}
+
+/// What a plugin needs to be allowed to import an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Always allowed: the host's version gives nothing away.
+    Nothing,
+    /// Allowed with this capability.
+    Grant(Capability),
+    /// Never allowed; says why.
+    Never(&'static str),
+}
+
+/// The import policy, by interface name (`wasi:cli/stdout@0.2.6`).
+fn import_need(name: &str) -> Need {
+    let unversioned = name.split('@').next().unwrap_or(name);
+    let (package, interface) = unversioned.split_once('/').unwrap_or((unversioned, ""));
+    match (package, interface) {
+        ("sluice:transform", _) | ("wasi:io", _) => Need::Nothing,
+        (
+            "wasi:cli",
+            "environment" | "exit" | "stdin" | "stdout" | "stderr" | "terminal-input"
+            | "terminal-output" | "terminal-stdin" | "terminal-stdout" | "terminal-stderr",
+        ) => Need::Nothing,
+        ("wasi:random", "insecure-seed") => Need::Nothing,
+        ("wasi:random", "random" | "insecure") => Need::Grant(Capability::Random),
+        ("wasi:clocks", "wall-clock" | "monotonic-clock") => Need::Grant(Capability::Clock),
+        ("wasi:filesystem", _) => Need::Never("plugins get no file system access"),
+        ("wasi:sockets", _) => Need::Never("plugins get no network access"),
+        _ => Need::Never("the host does not provide it"),
+    }
+}
+
+/// Rejects a component that imports an interface the transform is not
+/// granted, naming every such import.
+fn check_imports(
+    path: &Path,
+    component: &Component,
+    engine: &Engine,
+    caps: &[Capability],
+) -> Result<(), WasmError> {
+    // (reason, imports) in order of first appearance.
+    let mut refused: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, _) in component.component_type().imports(engine) {
+        let reason = match import_need(name) {
+            Need::Nothing => continue,
+            Need::Grant(c) if caps.contains(&c) => continue,
+            Need::Grant(c) => format!(
+                "add `{}` to the transform's capabilities",
+                capability_name(c)
+            ),
+            Need::Never(why) => why.to_string(),
+        };
+        let name = format!("`{name}`");
+        match refused.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, names)) => names.push(name),
+            None => refused.push((reason, vec![name])),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = refused
+        .into_iter()
+        .map(|(reason, names)| format!("{} ({reason})", names.join(", ")))
+        .collect();
+    Err(WasmError::Link(format!(
+        "plugin `{}` imports what it is not granted: {}",
+        path.display(),
+        list.join("; ")
+    )))
+}
+
+fn capability_name(c: Capability) -> &'static str {
+    match c {
+        Capability::Clock => "clock",
+        Capability::Random => "random",
+        Capability::Stdio => "stdio",
     }
 }
 
@@ -344,18 +568,15 @@ pub struct Instance {
     store: Store<HostState>,
     bindings: Transform,
     ticks: u64,
+    limits: Limits,
 }
 
 impl Instance {
-    /// Instantiates `plugin` for `pipeline`/`transform` and calls `init`.
-    pub fn new(
-        plugin: &Plugin,
-        pipeline: &str,
-        transform: &str,
-        config_json: &str,
-        limits: Limits,
-        caps: &[Capability],
-    ) -> Result<Self, WasmError> {
+    /// Instantiates `plugin` for transform `t` of `pipeline` with `t`'s
+    /// limits and grants, and calls `init` with its config.
+    pub fn new(plugin: &Plugin, pipeline: &str, t: &TransformConfig) -> Result<Self, WasmError> {
+        let caps = &t.capabilities;
+        let limits = t.limits;
         let mut wasi = WasiCtxBuilder::new();
         if !caps.contains(&Capability::Clock) {
             wasi.wall_clock(FrozenWallClock)
@@ -370,23 +591,32 @@ impl Instance {
         if caps.contains(&Capability::Stdio) {
             wasi.inherit_stdout().inherit_stderr();
         }
+        for name in &t.env {
+            if let Ok(value) = std::env::var(name) {
+                wasi.env(name, value);
+            }
+        }
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size((limits.memory_mb as usize).saturating_mul(1 << 20))
-                .trap_on_grow_failure(true)
-                .build(),
+            limiter: Sandbox {
+                memory_cap: usize::try_from(limits.memory_mb)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(1 << 20),
+                memory_used: 0,
+                table_used: 0,
+                hit_memory: false,
+            },
             log: LogLimiter {
                 pipeline: pipeline.to_string(),
-                transform: transform.to_string(),
+                transform: t.name.clone(),
                 window: Instant::now(),
                 count: 0,
                 suppressed: 0,
             },
         };
         let mut store = Store::new(&plugin.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.limiter);
         let ticks = limits
             .timeout_ms
             .div_ceil(EPOCH_TICK.as_millis() as u64)
@@ -398,40 +628,44 @@ impl Instance {
             WasmError::Init(format!(
                 "plugin `{}` failed to instantiate: {}",
                 plugin.path.display(),
-                describe_trap(&e).reason
+                describe_trap(&e, store.data(), &limits).reason
             ))
         })?;
         store.set_epoch_deadline(ticks);
         let res = bindings
             .sluice_transform_transformer()
-            .call_init(&mut store, config_json);
+            .call_init(&mut store, &t.config_json);
         match res {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 bindings,
                 ticks,
+                limits,
             }),
-            Ok(Err(msg)) => Err(WasmError::Init(format!("plugin init failed: {msg}"))),
+            Ok(Err(msg)) => Err(WasmError::Init(format!(
+                "plugin init failed: {}",
+                truncate(msg)
+            ))),
             Err(e) => Err(WasmError::Init(format!(
                 "plugin init failed: {}",
-                describe_trap(&e).reason
+                describe_trap(&e, store.data(), &limits).reason
             ))),
         }
     }
 
     /// Runs one batch. Returns one result per input, or a [`CallError`]
-    /// after which this instance must be replaced.
-    pub fn process(
-        &mut self,
-        batch: &[Message],
-    ) -> Result<Vec<Result<Vec<Message>, String>>, CallError> {
+    /// after which this instance must be replaced (a trap, a timeout, an
+    /// overrun, or a wrong number of results). Inputs whose outputs break
+    /// `max_outputs` or `max_output_bytes` fail one by one (see
+    /// [`Processed::over_limit`]).
+    pub fn process(&mut self, batch: &[Message]) -> Result<Processed, CallError> {
         let input: Vec<wit::Message> = batch.iter().map(to_wit).collect();
         self.store.set_epoch_deadline(self.ticks);
         let out = self
             .bindings
             .sluice_transform_transformer()
             .call_process(&mut self.store, &input)
-            .map_err(|e| describe_trap(&e))?;
+            .map_err(|e| describe_trap(&e, self.store.data(), &self.limits))?;
         if out.len() != batch.len() {
             return Err(CallError {
                 kind: "invalid",
@@ -442,38 +676,127 @@ impl Instance {
                 ),
             });
         }
-        Ok(out
+        let mut over_limit = 0;
+        let results = out
             .into_iter()
             .map(|r| match r {
-                Ok(msgs) => Ok(msgs.into_iter().map(from_wit).collect()),
-                Err(e) => Err(e.message),
+                Ok(msgs) => match check_outputs(&msgs, &self.limits) {
+                    Ok(()) => Ok(msgs.into_iter().map(from_wit).collect()),
+                    Err(reason) => {
+                        over_limit += 1;
+                        Err(reason)
+                    }
+                },
+                Err(e) => Err(truncate(e.message)),
             })
-            .collect())
+            .collect();
+        Ok(Processed {
+            results,
+            over_limit,
+        })
     }
 }
 
-fn describe_trap(e: &wasmtime::Error) -> CallError {
-    if let Some(t) = e.downcast_ref::<wasmtime::Trap>() {
-        if *t == wasmtime::Trap::Interrupt {
+/// Checks the outputs for one input against `max_outputs` and
+/// `max_output_bytes`.
+fn check_outputs(msgs: &[wit::Message], limits: &Limits) -> Result<(), String> {
+    let count = msgs.len() as u64;
+    if count > limits.max_outputs {
+        return Err(format!(
+            "plugin returned {count} messages for one input, more than limits.max_outputs ({})",
+            limits.max_outputs
+        ));
+    }
+    let bytes: u64 = msgs.iter().map(output_bytes).sum();
+    if bytes > limits.max_output_bytes {
+        return Err(format!(
+            "plugin returned {bytes} bytes for one input, more than limits.max_output_bytes ({})",
+            limits.max_output_bytes
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of one output that `max_output_bytes` counts.
+fn output_bytes(m: &wit::Message) -> u64 {
+    let len = |s: &str| s.len() as u64;
+    len(&m.topic)
+        + m.kafka_topic.as_deref().map_or(0, len)
+        + m.key.as_ref().map_or(0, |k| k.len() as u64)
+        + m.payload.len() as u64
+        + m.headers
+            .iter()
+            .map(|h| len(&h.name) + len(&h.value))
+            .sum::<u64>()
+        + m.content_type.as_deref().map_or(0, len)
+}
+
+/// Cuts a plugin's error text to [`MAX_ERROR_TEXT`] bytes (it becomes a
+/// dead-letter header).
+fn truncate(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" ... (truncated)");
+    }
+    text
+}
+
+/// Names a failed call: `timeout`, `stack`, `memory`, or `trap`.
+fn describe_trap(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> CallError {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
             return CallError {
                 kind: "timeout",
-                reason: "plugin exceeded its time budget (limits.timeout_ms)".into(),
-            };
+                reason: format!(
+                    "plugin exceeded its time budget of {} ms (limits.timeout_ms)",
+                    limits.timeout_ms
+                ),
+            }
         }
+        Some(wasmtime::Trap::StackOverflow) => {
+            return CallError {
+                kind: "stack",
+                reason: format!(
+                    "plugin exhausted its stack of {} KiB (limits.stack_kb)",
+                    limits.stack_kb
+                ),
+            }
+        }
+        _ => {}
     }
-    let text = format!("{e:#}");
-    if text.contains("growing memory") || text.contains("memory") && text.contains("limit") {
+    if state.limiter.hit_memory {
         return CallError {
             kind: "memory",
-            reason: "plugin exceeded its memory limit (limits.memory_mb)".into(),
+            reason: format!(
+                "plugin exceeded its memory limit of {} MiB (limits.memory_mb)",
+                limits.memory_mb
+            ),
         };
     }
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return CallError {
+            kind: "trap",
+            reason: format!("plugin called exit({})", exit.0),
+        };
+    }
+    let reason = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            "plugin trapped: wasm `unreachable` instruction executed (a panic in a Rust plugin)"
+                .to_string()
+        }
+        Some(t) => format!("plugin trapped: {t}"),
+        None => format!(
+            "plugin trapped: {}",
+            format!("{e:#}").lines().next().unwrap_or("unknown error")
+        ),
+    };
     CallError {
         kind: "trap",
-        reason: format!(
-            "plugin trapped: {}",
-            text.lines().next().unwrap_or("unknown error")
-        ),
+        reason,
     }
 }
 
@@ -517,5 +840,92 @@ fn from_wit(m: wit::Message) -> Message {
         },
         retain: m.retain,
         content_type: m.content_type,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_are_allowed_granted_or_refused_by_interface() {
+        for always in [
+            "sluice:transform/log@0.1.0",
+            "wasi:io/streams@0.2.6",
+            "wasi:cli/environment@0.2.6",
+            "wasi:cli/exit@0.2.0",
+            "wasi:cli/terminal-stdout@0.2.6",
+            "wasi:random/insecure-seed@0.2.4",
+        ] {
+            assert_eq!(import_need(always), Need::Nothing, "{always}");
+        }
+        assert_eq!(
+            import_need("wasi:clocks/wall-clock@0.2.6"),
+            Need::Grant(Capability::Clock)
+        );
+        assert_eq!(
+            import_need("wasi:random/random@0.2.6"),
+            Need::Grant(Capability::Random)
+        );
+        for never in [
+            "wasi:filesystem/preopens@0.2.6",
+            "wasi:sockets/tcp@0.2.6",
+            "wasi:http/outgoing-handler@0.2.6",
+            "wasi:cli/run@0.2.6",
+            "wasi:clocks/timezone@0.2.6",
+        ] {
+            assert!(matches!(import_need(never), Need::Never(_)), "{never}");
+        }
+    }
+
+    fn output(payload_len: usize) -> wit::Message {
+        wit::Message {
+            topic: "a/b".into(),
+            kafka_topic: Some("k".into()),
+            key: Some(vec![1, 2]),
+            payload: vec![0; payload_len],
+            headers: vec![wit::Header {
+                name: "n".into(),
+                value: "vv".into(),
+            }],
+            timestamp_ms: 0,
+            qos: wit::Qos::AtLeastOnce,
+            retain: false,
+            content_type: Some("ct".into()),
+        }
+    }
+
+    #[test]
+    fn outputs_count_every_field_against_the_limits() {
+        // 3 + 1 + 2 + 10 + 3 + 2 = 21 bytes each.
+        assert_eq!(output_bytes(&output(10)), 21);
+        let limits = Limits {
+            max_outputs: 2,
+            max_output_bytes: 42,
+            ..Limits::default()
+        };
+        assert!(check_outputs(&[output(10), output(10)], &limits).is_ok());
+        assert_eq!(
+            check_outputs(&[output(10), output(11)], &limits),
+            Err(
+                "plugin returned 43 bytes for one input, more than limits.max_output_bytes (42)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            check_outputs(&[output(0), output(0), output(0)], &limits),
+            Err(
+                "plugin returned 3 messages for one input, more than limits.max_outputs (2)".into()
+            )
+        );
+    }
+
+    #[test]
+    fn long_error_texts_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short".into()), "short");
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        let cut = truncate(long);
+        assert!(cut.ends_with(" ... (truncated)"));
+        assert!(cut.len() <= MAX_ERROR_TEXT + " ... (truncated)".len());
     }
 }
