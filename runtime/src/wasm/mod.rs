@@ -468,11 +468,15 @@ fn describe_trap(e: &wasmtime::Error) -> CallError {
             reason: "plugin exceeded its memory limit (limits.memory_mb)".into(),
         };
     }
+    // `{e:#}` starts with "error while executing at wasm backtrace:"; the
+    // trap itself (e.g. "wasm `unreachable` instruction executed") is the
+    // root cause.
+    let cause = e.root_cause().to_string();
     CallError {
         kind: "trap",
         reason: format!(
             "plugin trapped: {}",
-            text.lines().next().unwrap_or("unknown error")
+            cause.lines().next().unwrap_or("unknown error")
         ),
     }
 }
