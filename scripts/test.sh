@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): sets up what is missing
-# (scripts/setup.sh), then checks formatting, builds the example plugins,
-# lints, builds and runs every test, including the end-to-end suite against
+# (scripts/setup.sh), then checks formatting, builds the example plugins
+# (Rust, and Python and JavaScript with scripts/build-guests.sh), lints,
+# builds and runs every test, including the end-to-end suite against
 # real mosquitto and tansu brokers.
 #
 # An existing CARGO_TARGET_DIR is respected for the root workspace. The plugins
@@ -16,7 +17,7 @@ section() {
     printf '\n==== %s  (+%ss) ====\n' "$*" "$((SECONDS - started))"
 }
 
-section "set-up: rust target, mosquitto, tansu, prometheus"
+section "set-up: rust target, mosquitto, tansu, prometheus, componentize-py, componentize-js"
 # shellcheck source=scripts/setup.sh
 source "$ROOT/scripts/setup.sh" all
 
@@ -35,6 +36,9 @@ if [ -f plugins/Cargo.toml ]; then
 else
     section "no plugins/Cargo.toml: skipping the plugin build"
 fi
+
+section "build the Python and JavaScript example plugins"
+bash scripts/build-guests.sh
 
 section "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -160,7 +160,7 @@ fn every_example_config_validates() {
     assert!(
         failures.is_empty(),
         "{} of {} example configs do not validate (build the plugins first: \
-         `bash scripts/test.sh`):\n\n{}",
+         `bash scripts/test.sh`, or the Rust ones and `bash scripts/build-guests.sh`):\n\n{}",
         failures.len(),
         configs.len(),
         failures.join("\n")

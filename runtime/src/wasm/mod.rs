@@ -789,9 +789,15 @@ fn describe_trap(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> Cal
                 .to_string()
         }
         Some(t) => format!("plugin trapped: {t}"),
+        // `{e:#}` starts with "error while executing at wasm backtrace:";
+        // the root cause is the trap itself.
         None => format!(
             "plugin trapped: {}",
-            format!("{e:#}").lines().next().unwrap_or("unknown error")
+            e.root_cause()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("unknown error")
         ),
     };
     CallError {
