@@ -777,12 +777,16 @@ fn drive(env: &Env, case: &Case, pids: &[u32], mut watch: Watch<'_>) -> anyhow::
     }
     progress.finish_and_clear();
     let readings = sampler.finish();
-    let sent: usize = publishers.iter().map(|(p, _)| p.acked()).sum();
+    // The ceiling's subscriber may exit before the last PUBACKs reached the
+    // publisher: give those a moment before counting.
+    let mut sent = 0;
     for (publisher, count) in publishers {
-        if publisher.acked() >= count {
-            publisher.join();
+        if publisher.wait_acked(count, Duration::from_secs(10)) {
+            sent += publisher.join().sent;
+        } else {
+            sent += publisher.acked();
+            // Dropping it stops it.
         }
-        // else: dropping it stops it.
     }
     let verified = match watch {
         Watch::Kafka(verifier) => Some(verifier.finish()?),
