@@ -754,6 +754,10 @@ fn drive(env: &Env, case: &Case, pids: &[u32], mut watch: Watch<'_>) -> anyhow::
             }
         };
         progress.set_position(position as u64);
+        let secs = started.elapsed().as_secs_f64();
+        if secs > 0.0 {
+            progress.set_message(format!("{:.0} msg/s", position as f64 / secs));
+        }
         let now = Instant::now();
         if position != last_change.0 {
             last_change = (position, now);
@@ -871,7 +875,7 @@ fn progress_bar(case: &Case, len: usize) -> ProgressBar {
     }
     let bar = ProgressBar::new(len as u64);
     if let Ok(style) = ProgressStyle::with_template(
-        "   {prefix:<26} [{bar:30}] {pos:>8}/{len} {per_sec:>12} elapsed {elapsed}",
+        "   {prefix:<26} [{bar:30}] {pos:>8}/{len} {msg:>12} elapsed {elapsed}",
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
