@@ -2,8 +2,8 @@
 # Idempotent set-up of everything the Sluice test suite needs on a Debian
 # machine (run as root, with only the package registries reachable).
 #
-#   source scripts/setup.sh [all|rust|guests]   # set up, and export the variables below
-#   bash scripts/setup.sh [all|rust|guests]     # set up, and print the exports
+#   source scripts/setup.sh [all|bench|rust|guests]   # set up, and export the variables below
+#   bash scripts/setup.sh [all|bench|rust|guests]     # set up, and print the exports
 #
 # `rust` only adds the wasm32-wasip2 target (what `sluice demo` needs to build
 # the example plugins); `guests` installs the build tools of the Python and
@@ -26,7 +26,10 @@
 #                           metrics tests
 #
 # and the `openssl` CLI (Debian package `openssl`), with which the TLS tests
-# make a throwaway CA and certificates.
+# make a throwaway CA and certificates. `bench` is `all` plus what the
+# benchmark's baselines need (scripts/bench.sh): `mosquitto_sub` (Debian
+# package `mosquitto-clients`) and, in a venv at SLUICE_VENV (default
+# ~/.cache/sluice/venv), the PyPI packages paho-mqtt and confluent-kafka.
 #
 # A binary already named by one of those variables, or found on PATH, is used
 # as it is. Nothing is installed twice.
@@ -210,6 +213,30 @@ sluice_setup_guests() {
     sluice_setup_componentize_js
 }
 
+# What the benchmark's baselines need (scripts/bench.sh): mosquitto_sub, and
+# a private venv with paho-mqtt and confluent-kafka for bench/bridge.py.
+sluice_setup_bench() {
+    if ! command -v mosquitto_sub >/dev/null 2>&1; then
+        sluice_log "installing mosquitto-clients (apt)"
+        sluice_apt_install mosquitto-clients
+    fi
+    SLUICE_VENV="${SLUICE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice/venv}"
+    if ! "$SLUICE_VENV/bin/python3" -c 'import paho.mqtt.client, confluent_kafka' 2>/dev/null; then
+        sluice_log "installing paho-mqtt and confluent-kafka into $SLUICE_VENV (pip)"
+        if [ ! -x "$SLUICE_VENV/bin/python3" ]; then
+            if ! command -v python3 >/dev/null 2>&1; then
+                sluice_apt_install python3 python3-venv
+            fi
+            if ! python3 -m venv "$SLUICE_VENV" 2>/dev/null; then
+                sluice_apt_install python3-venv
+                python3 -m venv "$SLUICE_VENV"
+            fi
+        fi
+        "$SLUICE_VENV/bin/python3" -m pip install -q 'paho-mqtt>=2,<3' 'confluent-kafka>=2.3'
+    fi
+    export SLUICE_VENV
+}
+
 sluice_setup() {
     case "${1:-all}" in
         rust)
@@ -218,12 +245,19 @@ sluice_setup() {
         guests)
             sluice_setup_guests
             ;;
-        all)
+        all|bench)
             sluice_setup_rust
             sluice_setup_rust_tools
             sluice_setup_mosquitto
             sluice_setup_openssl
             sluice_setup_tansu
+            if [ "${1:-all}" = bench ]; then
+                sluice_setup_bench
+                sluice_log "mosquitto:       $SLUICE_MOSQUITTO_BIN"
+                sluice_log "tansu:           $SLUICE_TANSU_BIN"
+                sluice_log "python:          $SLUICE_VENV/bin/python3 (paho-mqtt, confluent-kafka)"
+                return 0
+            fi
             sluice_setup_prometheus
             sluice_setup_guests
             sluice_log "mosquitto:       $SLUICE_MOSQUITTO_BIN"
@@ -233,7 +267,7 @@ sluice_setup() {
             sluice_log "componentize-js: $SLUICE_COMPONENTIZE_JS"
             ;;
         *)
-            sluice_log "unknown part '$1' (expected: all, rust or guests)"
+            sluice_log "unknown part '$1' (expected: all, bench, rust or guests)"
             return 2
             ;;
     esac
@@ -243,7 +277,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     # Executed, not sourced.
     set -euo pipefail
     sluice_setup "${1:-all}"
-    if [ "${1:-all}" = all ]; then
+    if [ "${1:-all}" != rust ]; then
         printf 'export SLUICE_MOSQUITTO_BIN=%q\n' "$SLUICE_MOSQUITTO_BIN"
         printf 'export SLUICE_TANSU_BIN=%q\n' "$SLUICE_TANSU_BIN"
         printf 'export SLUICE_PROMETHEUS_BIN=%q\n' "$SLUICE_PROMETHEUS_BIN"
@@ -252,6 +286,9 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
         printf 'export SLUICE_COMPONENTIZE_PY=%q\n' "$SLUICE_COMPONENTIZE_PY"
         printf 'export SLUICE_NPM_PREFIX=%q\n' "$SLUICE_NPM_PREFIX"
         printf 'export SLUICE_COMPONENTIZE_JS=%q\n' "$SLUICE_COMPONENTIZE_JS"
+    fi
+    if [ "${1:-all}" = bench ]; then
+        printf 'export SLUICE_VENV=%q\n' "$SLUICE_VENV"
     fi
 else
     sluice_setup "${1:-all}"

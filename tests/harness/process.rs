@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::wait::{deadline, wait_for};
@@ -68,16 +68,33 @@ impl ChildProcess {
     /// before SIGKILL.
     pub fn spawn(
         name: &str,
+        command: Command,
+        dir: &Path,
+        grace: Duration,
+    ) -> io::Result<ChildProcess> {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let file = File::options().create(true).append(true).open(&stdout)?;
+        ChildProcess::spawn_with_stdio(name, command, dir, grace, Stdio::null(), file.into())
+    }
+
+    /// Like [`ChildProcess::spawn`], with the given stdin and stdout (e.g.
+    /// `Stdio::piped()` to connect two processes with a pipe, see
+    /// [`ChildProcess::take_stdout`], or `Stdio::null()`); stderr still
+    /// goes to `<dir>/<name>.stderr`.
+    pub fn spawn_with_stdio(
+        name: &str,
         mut command: Command,
         dir: &Path,
         grace: Duration,
+        stdin: Stdio,
+        stdout_to: Stdio,
     ) -> io::Result<ChildProcess> {
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
         let open = |path: &Path| File::options().create(true).append(true).open(path);
         command
-            .stdin(Stdio::null())
-            .stdout(open(&stdout)?)
+            .stdin(stdin)
+            .stdout(stdout_to)
             .stderr(open(&stderr)?);
         let child = command.spawn().map_err(|err| {
             io::Error::new(
@@ -100,12 +117,19 @@ impl ChildProcess {
         self.child.id()
     }
 
+    /// The read end of the child's stdout, once, when it was spawned with
+    /// `Stdio::piped()` as stdout ([`ChildProcess::spawn_with_stdio`]).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// The file that receives the child's stderr.
     pub fn stderr_path(&self) -> &Path {
         &self.stderr
     }
 
-    /// The file that receives the child's stdout.
+    /// The file that receives the child's stdout (when spawned with
+    /// [`ChildProcess::spawn`]).
     pub fn stdout_path(&self) -> &Path {
         &self.stdout
     }

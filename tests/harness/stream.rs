@@ -1,7 +1,8 @@
 //! A long-running MQTT 5 QoS 1 publisher that survives broker restarts:
 //! it reconnects and resends every message the broker had not acknowledged,
 //! as QoS 1 requires of a publisher. Only what the broker acknowledged
-//! (PUBACK) counts as sent.
+//! (PUBACK) counts as sent. It also publishes at QoS 0, for benchmarks
+//! ([`StreamPublisher::start_with_qos`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -75,6 +76,29 @@ impl StreamPublisher {
         rate: Option<u32>,
         make: impl FnMut(usize) -> MqttMessage + Send + 'static,
     ) -> StreamPublisher {
+        StreamPublisher::start_with_qos(url, count, rate, 1, make)
+    }
+
+    /// Like [`StreamPublisher::start`], at QoS `qos` (0 or 1). At QoS 0 a
+    /// message counts as sent (and as "acknowledged") once the client wrote
+    /// it to the socket; after a broken connection, only messages not yet
+    /// written are sent again, so QoS 0 messages can be lost.
+    pub fn start_with_qos(
+        url: &str,
+        count: usize,
+        rate: Option<u32>,
+        qos: u8,
+        make: impl FnMut(usize) -> MqttMessage + Send + 'static,
+    ) -> StreamPublisher {
+        assert!(
+            qos <= 1,
+            "StreamPublisher publishes at QoS 0 or 1, not {qos}"
+        );
+        let qos = if qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
         let (host, port) = parse_url(url);
         let shared = Arc::new(Shared::default());
         let thread = {
@@ -84,7 +108,7 @@ impl StreamPublisher {
                     .enable_all()
                     .build()
                     .expect("tokio runtime for the stream publisher")
-                    .block_on(run(&host, port, count, rate, make, &shared))
+                    .block_on(run(&host, port, count, rate, qos, make, &shared))
             })
         };
         StreamPublisher {
@@ -151,6 +175,7 @@ async fn run(
     port: u16,
     count: usize,
     rate: Option<u32>,
+    qos: QoS,
     mut make: impl FnMut(usize) -> MqttMessage,
     shared: &Shared,
 ) -> Result<StreamReport, String> {
@@ -227,7 +252,7 @@ async fn run(
                 };
                 match client.try_publish_with_properties(
                     message.topic,
-                    QoS::AtLeastOnce,
+                    qos,
                     false,
                     message.payload,
                     properties,
@@ -249,7 +274,16 @@ async fn run(
                     let index = queued
                         .pop_front()
                         .ok_or_else(|| format!("a publish (packet id {pkid}) we did not queue"))?;
-                    in_flight.insert(pkid, index);
+                    if qos == QoS::AtMostOnce {
+                        // Written: all that QoS 0 promises.
+                        if !acked[index] {
+                            acked[index] = true;
+                            n_acked += 1;
+                            shared.acked.store(n_acked, Ordering::Relaxed);
+                        }
+                    } else {
+                        in_flight.insert(pkid, index);
+                    }
                 }
                 Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
                     let Some(index) = in_flight.remove(&ack.pkid) else {

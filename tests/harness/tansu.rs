@@ -48,9 +48,9 @@ pub fn tansu_bin() -> PathBuf {
     );
 }
 
-/// librdkafka settings shared by every harness client: fail fast on a
-/// loopback broker, IPv4 only.
-pub(crate) fn client_config(brokers: &str) -> ClientConfig {
+/// librdkafka settings shared by every harness client (and the benchmark's):
+/// fail fast on a loopback broker, IPv4 only.
+pub fn client_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -175,46 +175,9 @@ impl Tansu {
     /// API (idempotent: an existing topic is fine), then waits until its
     /// metadata shows all partitions.
     pub fn create_topic(&self, name: &str, partitions: i32) {
-        let brokers = self.brokers();
-        let admin: AdminClient<DefaultClientContext> = client_config(&brokers)
-            .create()
-            .expect("rdkafka admin client");
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = futures::executor::block_on(admin.create_topics([&topic], &options))
-            .unwrap_or_else(|err| {
-                panic!(
-                    "create topic {name} on {brokers}: {err}\n{}",
-                    self.output_tail(30)
-                )
-            });
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => panic!(
-                    "create topic {topic} on {brokers}: {code}\n{}",
-                    self.output_tail(30)
-                ),
-            }
+        if let Err(err) = create_topic(&self.brokers(), name, partitions) {
+            panic!("{err}\n{}", self.output_tail(30));
         }
-        let consumer: BaseConsumer = client_config(&brokers).create().expect("rdkafka client");
-        let visible = wait_until(deadline(TOPIC_TIMEOUT), || {
-            consumer
-                .fetch_metadata(Some(name), Duration::from_secs(2))
-                .map(|metadata| {
-                    metadata.topics().iter().any(|topic| {
-                        topic.name() == name
-                            && topic.error().is_none()
-                            && !topic.partitions().is_empty()
-                    })
-                })
-                .unwrap_or(false)
-        });
-        assert!(
-            visible,
-            "topic {name} not in metadata {TOPIC_TIMEOUT:?} after creating it\n{}",
-            self.output_tail(30)
-        );
     }
 
     /// Freezes the broker (SIGSTOP): it keeps its sockets and its data but
@@ -248,5 +211,47 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Creates topic `name` with `partitions` partitions on any Kafka-protocol
+/// broker at `brokers` through the admin API (an existing topic is fine),
+/// then waits until its metadata shows partitions. [`Tansu::create_topic`]
+/// is this with the broker's output on failure.
+pub fn create_topic(brokers: &str, name: &str, partitions: i32) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|err| format!("rdkafka admin client for {brokers}: {err}"))?;
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures::executor::block_on(admin.create_topics([&topic], &options))
+        .map_err(|err| format!("create topic {name} on {brokers}: {err}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("create topic {topic} on {brokers}: {code}")),
+        }
+    }
+    let consumer: BaseConsumer = client_config(brokers)
+        .create()
+        .map_err(|err| format!("rdkafka client for {brokers}: {err}"))?;
+    let visible = wait_until(deadline(TOPIC_TIMEOUT), || {
+        consumer
+            .fetch_metadata(Some(name), Duration::from_secs(2))
+            .map(|metadata| {
+                metadata.topics().iter().any(|topic| {
+                    topic.name() == name
+                        && topic.error().is_none()
+                        && !topic.partitions().is_empty()
+                })
+            })
+            .unwrap_or(false)
+    });
+    if visible {
+        Ok(())
+    } else {
+        Err(format!(
+            "topic {name} not in the metadata of {brokers} {TOPIC_TIMEOUT:?} after creating it"
+        ))
     }
 }

@@ -1,0 +1,289 @@
+//! Micro-benchmarks of the runtime's hot and start-up paths (criterion):
+//!
+//! - `json_map/wasm/N`: one call of the json-map example transform (built
+//!   for wasm32-wasip2 from plugins/) on a batch of N ~160-byte JSON
+//!   messages, through the host's [`Instance::process`]: the per-message
+//!   cost is the time divided by N (criterion's `thrpt` line gives
+//!   messages per second).
+//! - `json_map/native/N` (with `--features bench-native`): the same
+//!   transform, the same SDK, compiled natively into this benchmark, with
+//!   the same copies of each message in and out that the host makes.
+//! - `config/...`: parsing and checking configs/sensors.yaml, without and
+//!   with the plugin checks (compiled plugins cached on disk, as at a
+//!   restart).
+//! - `template/...`: rendering Kafka topic and key templates.
+//!
+//! ```sh
+//! (cd plugins && cargo build --release)
+//! cargo bench -p sluice --features bench-native --bench micro
+//! ```
+//!
+//! At the end it prints the per-message figures of the transform benchmarks
+//! (from criterion's estimates) with the Wasm/native ratio.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use sluice::config::{Limits, Pos, TransformConfig};
+use sluice::message::{Message, Qos};
+use sluice::template::Template;
+use sluice::wasm::{Instance, WasmHost};
+
+/// Batch sizes of the transform benchmarks.
+const BATCHES: [usize; 3] = [1, 16, 256];
+
+/// The json-map configuration of sluice-bench's cases e and f.
+const JSON_MAP_CONFIG: &str = r#"{"from_topic":{"device_id":1},"rename":{"temperature_f":"temperature_c"},"convert":{"temperature_c":"f_to_c"},"round":2,"drop":["firmware"],"key_field":"device_id"}"#;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Where the tests look for the example plugins too.
+fn plugin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SLUICE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("plugins/target/wasm32-wasip2/release"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first with `(cd plugins && cargo build --release)`",
+        path.display()
+    );
+    path
+}
+
+/// `n` telemetry messages of about 160 bytes each.
+fn batch(n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            let payload = format!(
+                r#"{{"seq":{i},"temperature_f":{:.1},"humidity":{:.1},"battery_mv":{},"firmware":"1.4.2","status":"ok","site":"plant-{:02}/line-{}","ts":{}}}"#,
+                50.0 + (i % 500) as f64 / 10.0,
+                30.0 + (i % 400) as f64 / 10.0,
+                3300 + i % 900,
+                i % 17,
+                i % 5,
+                1_764_000_000_000_u64 + i as u64,
+            );
+            Message {
+                topic: format!("sensors/dev-{:04}/telemetry", i % 1000),
+                payload: Bytes::from(payload),
+                timestamp_ms: 1_764_000_000_000,
+                qos: Qos::AtLeastOnce,
+                ..Message::default()
+            }
+        })
+        .collect()
+}
+
+fn transforms(c: &mut Criterion) {
+    let host = WasmHost::new(None).expect("wasm engine");
+    let t = TransformConfig {
+        name: "normalise".into(),
+        plugin: plugin("json_map"),
+        config_json: JSON_MAP_CONFIG.into(),
+        limits: Limits::default(),
+        capabilities: Vec::new(),
+        env: Vec::new(),
+        plugin_pos: Pos { line: 1, col: 1 },
+        config_pos: Pos { line: 1, col: 1 },
+    };
+    let plugin = host.load(&t).expect("json_map plugin");
+    let mut wasm = Instance::new(&plugin, "bench", &t).expect("json_map init");
+    #[cfg(feature = "bench-native")]
+    let mut native = native::JsonMap::new(JSON_MAP_CONFIG);
+
+    // Both produce the same records.
+    let sample = batch(4);
+    let out = wasm.process(&sample).expect("wasm call").results;
+    #[cfg(feature = "bench-native")]
+    assert_eq!(out, native.process(&sample), "wasm and native disagree");
+    let first = out[0].as_ref().expect("mapped");
+    assert_eq!(first[0].key.as_deref(), Some(&b"dev-0000"[..]));
+
+    let mut group = c.benchmark_group("json_map");
+    for n in BATCHES {
+        let input = batch(n);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("wasm", n), &input, |b, input| {
+            b.iter(|| wasm.process(input).expect("wasm call"))
+        });
+        #[cfg(feature = "bench-native")]
+        group.bench_with_input(BenchmarkId::new("native", n), &input, |b, input| {
+            b.iter(|| native.process(input))
+        });
+    }
+    group.finish();
+}
+
+fn config(c: &mut Criterion) {
+    let file = repo_root().join("configs/sensors.yaml");
+    let text = std::fs::read_to_string(&file).expect("configs/sensors.yaml");
+    let env = |_: &str| None::<String>;
+    sluice::config::load_str(&file, &text, env).expect("sensors.yaml is valid");
+    let cache = tempfile::tempdir().expect("temp dir");
+    let host = WasmHost::new(Some(cache.path().to_path_buf())).expect("wasm engine");
+    // The first validation compiles the plugins into the cache.
+    sluice::runner::validate(std::slice::from_ref(&file), &host).expect("sensors.yaml validates");
+
+    let mut group = c.benchmark_group("config");
+    group.bench_function("parse_and_check/sensors.yaml", |b| {
+        b.iter(|| sluice::config::load_str(&file, &text, env).expect("valid"))
+    });
+    group.bench_function("validate_with_plugins/sensors.yaml", |b| {
+        b.iter(|| sluice::runner::validate(std::slice::from_ref(&file), &host).expect("valid"))
+    });
+    group.finish();
+}
+
+fn templates(c: &mut Criterion) {
+    let topic = "sensors/dev-0042/telemetry";
+    let mut group = c.benchmark_group("template");
+    let level = Template::parse("{{topic.2}}").expect("template");
+    group.bench_function("render/{{topic.2}}", |b| {
+        b.iter(|| {
+            level
+                .render(std::hint::black_box(topic), "sensors")
+                .expect("renders")
+        })
+    });
+    let mixed = Template::parse("{{pipeline}}.{{topic.1}}.v1").expect("template");
+    group.bench_function("render/{{pipeline}}.{{topic.1}}.v1", |b| {
+        b.iter(|| {
+            mixed
+                .render(std::hint::black_box(topic), "sensors")
+                .expect("renders")
+        })
+    });
+    let fixed = Template::parse("telemetry").expect("template");
+    group.bench_function("render/static", |b| {
+        b.iter(|| {
+            fixed
+                .render(std::hint::black_box(topic), "sensors")
+                .expect("renders")
+        })
+    });
+    group.bench_function("parse/{{pipeline}}.{{topic.1}}.v1", |b| {
+        b.iter(|| Template::parse(std::hint::black_box("{{pipeline}}.{{topic.1}}.v1")))
+    });
+    group.finish();
+}
+
+/// The transform figures per message, from criterion's estimates.
+fn per_message_summary(dir: &Path) {
+    let mean_ns = |kind: &str, n: usize| -> Option<f64> {
+        let path = dir.join(format!("json_map/{kind}/{n}/new/estimates.json"));
+        let text = std::fs::read_to_string(path).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value["mean"]["point_estimate"].as_f64()
+    };
+    println!("\nper message (mean of criterion's estimate / batch size):");
+    println!("  batch   wasm ns/msg   native ns/msg   wasm/native");
+    for n in BATCHES {
+        let wasm = mean_ns("wasm", n).map(|t| t / n as f64);
+        let native = mean_ns("native", n).map(|t| t / n as f64);
+        let show = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
+        let ratio = wasm
+            .zip(native)
+            .map_or_else(|| "-".to_string(), |(w, n)| format!("{:.2}x", w / n));
+        println!(
+            "  {n:>5}   {:>11}   {:>13}   {ratio:>11}",
+            show(wasm),
+            show(native)
+        );
+    }
+}
+
+fn main() {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("criterion");
+    let mut c = Criterion::default()
+        .output_directory(&dir)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    transforms(&mut c);
+    config(&mut c);
+    templates(&mut c);
+    c.final_summary();
+    per_message_summary(&dir);
+}
+
+#[cfg(feature = "bench-native")]
+mod native {
+    //! The json-map example compiled natively, driven the way the guest SDK
+    //! drives it inside the component.
+
+    use bytes::Bytes;
+    use sluice::message::{Message, Qos};
+
+    /// json-map without Wasm.
+    pub struct JsonMap(sluice_sdk::Runner<json_map::JsonMap>);
+
+    impl JsonMap {
+        pub fn new(config: &str) -> Self {
+            let mut runner = sluice_sdk::Runner::new();
+            runner.init(config).expect("json_map init");
+            JsonMap(runner)
+        }
+
+        /// Copies each message in (as the host copies it into the guest),
+        /// runs the batch, and copies the results out.
+        pub fn process(&mut self, batch: &[Message]) -> Vec<Result<Vec<Message>, String>> {
+            let input = batch.iter().map(to_sdk).collect();
+            self.0
+                .process(input)
+                .into_iter()
+                .map(|r| r.map(|out| out.into_iter().map(from_sdk).collect()))
+                .collect()
+        }
+    }
+
+    fn to_sdk(m: &Message) -> sluice_sdk::Message {
+        sluice_sdk::Message {
+            topic: m.topic.clone(),
+            kafka_topic: m.kafka_topic.clone(),
+            key: m.key.as_ref().map(|k| k.to_vec()),
+            payload: m.payload.to_vec(),
+            headers: m
+                .headers
+                .iter()
+                .map(|(name, value)| sluice_sdk::Header::new(name.clone(), value.clone()))
+                .collect(),
+            timestamp_ms: m.timestamp_ms,
+            qos: match m.qos {
+                Qos::AtMostOnce => sluice_sdk::Qos::AtMostOnce,
+                Qos::AtLeastOnce => sluice_sdk::Qos::AtLeastOnce,
+                Qos::ExactlyOnce => sluice_sdk::Qos::ExactlyOnce,
+            },
+            retain: m.retain,
+            content_type: m.content_type.clone(),
+        }
+    }
+
+    fn from_sdk(m: sluice_sdk::Message) -> Message {
+        Message {
+            topic: m.topic,
+            kafka_topic: m.kafka_topic,
+            key: m.key.map(Bytes::from),
+            payload: Bytes::from(m.payload),
+            headers: m.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            timestamp_ms: m.timestamp_ms,
+            qos: match m.qos {
+                sluice_sdk::Qos::AtMostOnce => Qos::AtMostOnce,
+                sluice_sdk::Qos::AtLeastOnce => Qos::AtLeastOnce,
+                sluice_sdk::Qos::ExactlyOnce => Qos::ExactlyOnce,
+            },
+            retain: m.retain,
+            content_type: m.content_type,
+        }
+    }
+}
