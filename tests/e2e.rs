@@ -757,6 +757,46 @@ sink:
 }
 
 #[test]
+fn at_most_once_acks_qos_1_and_2_on_receipt_so_more_than_the_window_flows() {
+    let mqtt = Mosquitto::start();
+    let kafka = Tansu::start();
+    kafka.create_topic("amo", 1);
+    let _sluice = Sluice::start(&[render(
+        r#"
+apiVersion: sluice/v1
+name: amo
+delivery: at-most-once
+max_in_flight: 20
+source:
+  mqtt:
+    url: @MQTT@
+    client_id: e2e-amo
+    topics:
+      - filter: q1/#
+        qos: 1
+      - filter: q2/#
+        qos: 2
+sink:
+  kafka:
+    brokers: @KAFKA@
+    topic: amo
+"#,
+        &mqtt,
+        &kafka,
+    )]);
+    // 10 windows' worth at each QoS: the broker only goes on sending if
+    // every message is acked.
+    for qos in 1..=2u8 {
+        let messages: Vec<MqttMessage> = (0..200)
+            .map(|i| MqttMessage::new(format!("q{qos}/d"), json!({ "seq": i }).to_string()))
+            .collect();
+        publish(&mqtt.url(), Protocol::V5, qos, &messages);
+    }
+    let records = consume_with_grace(&kafka.brokers(), "amo", 400, DELIVERY_TIMEOUT, QUIET_PERIOD);
+    assert_eq!(records.len(), 400);
+}
+
+#[test]
 fn a_transform_error_goes_to_the_dead_letter_topic_while_good_messages_continue() {
     let mqtt = Mosquitto::start();
     let kafka = Tansu::start();

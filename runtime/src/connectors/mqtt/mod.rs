@@ -614,6 +614,14 @@ async fn read_phase(
                         // Not acked: the broker redelivers it to our next session.
                         continue;
                     }
+                    if !s.ctx.at_least_once && qos > 0 {
+                        // at-most-once: acked on receipt.
+                        let _ = out.send(Out::Ack {
+                            pkid,
+                            qos2: qos == 2,
+                            slot: WindowSlot::new(None),
+                        });
+                    }
                     let inbound = Inbound {
                         msg,
                         token: token(generation, qos, pkid),
