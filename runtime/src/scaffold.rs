@@ -55,9 +55,9 @@ serde_json = { version = "1", features = ["preserve_order"] }
 # Its own workspace: builds wherever you put it.
 [workspace]
 
-# Small components compile fast at pipeline start.
+# Fast per message; the host compiles the plugin once and caches it.
 [profile.release]
-opt-level = "s"
+opt-level = 3
 lto = true
 codegen-units = 1
 strip = true

@@ -48,6 +48,9 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "transform",
+        // Batches are lowered into the guest straight from the host's
+        // messages, without an owned copy of each one first.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -659,7 +662,12 @@ impl Instance {
     /// `max_outputs` or `max_output_bytes` fail one by one (see
     /// [`Processed::over_limit`]).
     pub fn process(&mut self, batch: &[Message]) -> Result<Processed, CallError> {
-        let input: Vec<wit::Message> = batch.iter().map(to_wit).collect();
+        let headers: Vec<Vec<wit::HeaderParam<'_>>> = batch.iter().map(headers_to_wit).collect();
+        let input: Vec<wit::MessageParam<'_>> = batch
+            .iter()
+            .zip(&headers)
+            .map(|(m, h)| to_wit(m, h))
+            .collect();
         self.store.set_epoch_deadline(self.ticks);
         let out = self
             .bindings
@@ -699,7 +707,7 @@ impl Instance {
 
 /// Checks the outputs for one input against `max_outputs` and
 /// `max_output_bytes`.
-fn check_outputs(msgs: &[wit::Message], limits: &Limits) -> Result<(), String> {
+fn check_outputs(msgs: &[wit::MessageResult], limits: &Limits) -> Result<(), String> {
     let count = msgs.len() as u64;
     if count > limits.max_outputs {
         return Err(format!(
@@ -718,7 +726,7 @@ fn check_outputs(msgs: &[wit::Message], limits: &Limits) -> Result<(), String> {
 }
 
 /// The bytes of one output that `max_output_bytes` counts.
-fn output_bytes(m: &wit::Message) -> u64 {
+fn output_bytes(m: &wit::MessageResult) -> u64 {
     let len = |s: &str| s.len() as u64;
     len(&m.topic)
         + m.kafka_topic.as_deref().map_or(0, len)
@@ -806,20 +814,22 @@ fn describe_trap(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> Cal
     }
 }
 
-fn to_wit(m: &Message) -> wit::Message {
-    wit::Message {
-        topic: m.topic.clone(),
-        kafka_topic: m.kafka_topic.clone(),
-        key: m.key.as_ref().map(|k| k.to_vec()),
-        payload: m.payload.to_vec(),
-        headers: m
-            .headers
-            .iter()
-            .map(|(name, value)| wit::Header {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+fn headers_to_wit(m: &Message) -> Vec<wit::HeaderParam<'_>> {
+    m.headers
+        .iter()
+        .map(|(name, value)| wit::HeaderParam { name, value })
+        .collect()
+}
+
+/// The guest's view of `m`, borrowing everything (lowered into the guest
+/// without an intermediate copy).
+fn to_wit<'a>(m: &'a Message, headers: &'a [wit::HeaderParam<'a>]) -> wit::MessageParam<'a> {
+    wit::MessageParam {
+        topic: &m.topic,
+        kafka_topic: m.kafka_topic.as_deref(),
+        key: m.key.as_deref(),
+        payload: &m.payload,
+        headers,
         timestamp_ms: m.timestamp_ms,
         qos: match m.qos {
             Qos::AtMostOnce => wit::Qos::AtMostOnce,
@@ -827,11 +837,11 @@ fn to_wit(m: &Message) -> wit::Message {
             Qos::ExactlyOnce => wit::Qos::ExactlyOnce,
         },
         retain: m.retain,
-        content_type: m.content_type.clone(),
+        content_type: m.content_type.as_deref(),
     }
 }
 
-fn from_wit(m: wit::Message) -> Message {
+fn from_wit(m: wit::MessageResult) -> Message {
     Message {
         topic: m.topic,
         kafka_topic: m.kafka_topic,
@@ -884,13 +894,13 @@ mod tests {
         }
     }
 
-    fn output(payload_len: usize) -> wit::Message {
-        wit::Message {
+    fn output(payload_len: usize) -> wit::MessageResult {
+        wit::MessageResult {
             topic: "a/b".into(),
             kafka_topic: Some("k".into()),
             key: Some(vec![1, 2]),
             payload: vec![0; payload_len],
-            headers: vec![wit::Header {
+            headers: vec![wit::HeaderResult {
                 name: "n".into(),
                 value: "vv".into(),
             }],
