@@ -277,36 +277,43 @@ errors:
             "{name}{labels:?} in:\n{text}"
         );
     };
-    expect("sluice_messages_received_total", &[], 20.0);
-    expect("sluice_messages_delivered_total", &[], 10.0);
-    expect(
-        "sluice_messages_dropped_total",
-        &[("transform", "only-hot")],
-        6.0,
-    );
-    expect(
-        "sluice_messages_dropped_total",
-        &[("transform", "shape")],
-        0.0,
-    );
-    expect(
-        "sluice_messages_dead_lettered_total",
-        &[("stage", "transform")],
-        4.0,
-    );
-    expect(
-        "sluice_messages_dead_lettered_total",
-        &[("stage", "sink")],
-        0.0,
-    );
-    expect(
-        "sluice_messages_failed_total",
-        &[("stage", "transform")],
-        4.0,
-    );
-    expect("sluice_in_flight_messages", &[], 0.0);
-    // Every input's ack was released: one latency sample each.
-    expect("sluice_end_to_end_latency_seconds_count", &[], 20.0);
+    // (metric, labels besides the pipeline, value)
+    type Count<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+    let counts: [Count; 9] = [
+        ("sluice_messages_received_total", &[], 20.0),
+        ("sluice_messages_delivered_total", &[], 10.0),
+        (
+            "sluice_messages_dropped_total",
+            &[("transform", "only-hot")],
+            6.0,
+        ),
+        (
+            "sluice_messages_dropped_total",
+            &[("transform", "shape")],
+            0.0,
+        ),
+        (
+            "sluice_messages_dead_lettered_total",
+            &[("stage", "transform")],
+            4.0,
+        ),
+        (
+            "sluice_messages_dead_lettered_total",
+            &[("stage", "sink")],
+            0.0,
+        ),
+        (
+            "sluice_messages_failed_total",
+            &[("stage", "transform")],
+            4.0,
+        ),
+        ("sluice_in_flight_messages", &[], 0.0),
+        // Every input's ack was released: one latency sample each.
+        ("sluice_end_to_end_latency_seconds_count", &[], 20.0),
+    ];
+    for (name, labels, value) in counts {
+        expect(name, labels, value);
+    }
     for transform in ["shape", "only-hot"] {
         let calls = metric_value(
             &text,
@@ -322,9 +329,13 @@ errors:
             );
         }
     }
-    expect("sluice_mqtt_connected", &[], 1.0);
-    expect("sluice_mqtt_reconnects_total", &[], 0.0);
-    expect("sluice_kafka_produce_errors_total", &[], 0.0);
+    for (name, value) in [
+        ("sluice_mqtt_connected", 1.0),
+        ("sluice_mqtt_reconnects_total", 0.0),
+        ("sluice_kafka_produce_errors_total", 0.0),
+    ] {
+        expect(name, &[], value);
+    }
     assert!(
         text.lines()
             .any(|l| l.starts_with("sluice_build_info{version=")),

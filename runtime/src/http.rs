@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::engine::Status;
+use crate::engine::{Reloaded, Status};
 use crate::metrics::Metrics;
 use crate::runner::{self, ReloadError};
 use crate::wasm::WasmHost;
@@ -141,28 +141,29 @@ async fn admin(
     let Some(p) = s.pipelines.iter().find(|p| p.name == name) else {
         return error(StatusCode::NOT_FOUND, format!("no pipeline named `{name}`"));
     };
-    let done = |extra: serde_json::Value| {
+    // `result` says how a reload took effect.
+    let done = |result: Option<Reloaded>| {
         let mut body = json!({ "pipeline": name, "action": action });
-        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-            b.extend(e.clone());
+        if let Some(r) = result {
+            body["result"] = json!(r);
         }
         (StatusCode::ACCEPTED, Json(body)).into_response()
     };
     match action.as_str() {
         "pause" => {
             p.pause();
-            done(json!({}))
+            done(None)
         }
         "resume" => {
             p.resume();
-            done(json!({}))
+            done(None)
         }
         "restart" => {
             p.restart();
-            done(json!({}))
+            done(None)
         }
         "reload" => match runner::reload(p, &s.host).await {
-            Ok(how) => done(json!({ "result": how })),
+            Ok(how) => done(Some(how)),
             Err(ReloadError::Invalid(d)) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Json(json!({

@@ -244,9 +244,6 @@ pub fn new_plugin(parent: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
         t.replace("@NAME@", name)
             .replace("@FILE@", &name.replace('-', "_"))
     };
-    let sdk_lib = SDK_FILES[0]
-        .1
-        .replace(r#"path: "../../wit""#, r#"path: "wit""#);
     let mut files: Vec<(PathBuf, String)> = vec![
         ("Cargo.toml".into(), fill(CARGO_TOML)),
         (".cargo/config.toml".into(), CARGO_CONFIG.into()),
@@ -258,13 +255,13 @@ pub fn new_plugin(parent: &Path, name: &str) -> Result<PathBuf, ScaffoldError> {
         (".gitignore".into(), "/target\n".into()),
         ("sluice-sdk/Cargo.toml".into(), SDK_CARGO_TOML.into()),
         ("sluice-sdk/wit/transform.wit".into(), WIT.into()),
-        ("sluice-sdk/src/lib.rs".into(), sdk_lib),
     ];
-    files.extend(
-        SDK_FILES[1..]
-            .iter()
-            .map(|(f, text)| (Path::new("sluice-sdk/src").join(f), text.to_string())),
-    );
+    // The SDK finds the WIT world beside it (`sluice-sdk/wit`), not two
+    // folders up as in this repository.
+    files.extend(SDK_FILES.iter().map(|(f, text)| {
+        let text = text.replace(r#"path: "../../wit""#, r#"path: "wit""#);
+        (Path::new("sluice-sdk/src").join(f), text)
+    }));
     for (rel, text) in files {
         let path = root.join(rel);
         let io = |source| ScaffoldError::Io {

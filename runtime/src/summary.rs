@@ -44,7 +44,8 @@ fn line(s: &Status, now: Sample, prev: Sample, dt: Duration) -> String {
     } else {
         "-".into()
     };
-    let state = s.json()["state"].as_str().unwrap_or("?").to_string();
+    let state = s.shown_state(s.state().0);
+    let state = state.as_str().unwrap_or("?");
     format!(
         "[{}] {state} | in {:.0}/s out {:.0}/s | received {} delivered {} dropped {dropped} dead-lettered {dead} in-flight {} | mean e2e {latency}",
         s.name,

@@ -22,7 +22,12 @@ pub struct Rig {
     pub kafka: Tansu,
     /// The MQTT broker.
     pub mqtt: Mosquitto,
+    /// The pipeline YAML as started.
+    yaml: String,
 }
+
+/// The json_map transform's `config:` value in the rig's pipeline.
+const TRANSFORM_CONFIG: &str = "{ from_topic: { device_id: 1 } }";
 
 impl Rig {
     /// `sink_extra` is appended to the `sink.kafka` mapping (4-space indent).
@@ -61,7 +66,7 @@ source:
 transforms:
   - name: normalise
     plugin: {json_map}
-    config: {{ from_topic: {{ device_id: 1 }} }}
+    config: {TRANSFORM_CONFIG}
 sink:
   kafka:
     brokers: {brokers}
@@ -75,14 +80,39 @@ errors:
             brokers = kafka.brokers(),
             json_map = plugin("json_map").display(),
         );
-        let mut sluice = Sluice::spawn_with(&[yaml], env, args);
+        let mut sluice = Sluice::spawn_with(&[&yaml], env, args);
         sluice.wait_ready(READY_TIMEOUT);
         Rig {
             name,
             mqtt,
             kafka,
             sluice,
+            yaml,
         }
+    }
+
+    /// Rewrites the pipeline file (for reloads) with the json_map
+    /// transform's `config:` set to `config`, a YAML flow mapping; the rest
+    /// of the file stays as started.
+    pub fn write_transform_config(&self, config: &str) {
+        let file = &self.sluice.pipeline_files()[0];
+        let text = self.yaml.replace(
+            &format!("config: {TRANSFORM_CONFIG}"),
+            &format!("config: {config}"),
+        );
+        std::fs::write(file, text).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+    }
+
+    /// Fails the test if any number arrived twice.
+    pub fn assert_no_duplicates(&self, verifier: &SeqVerifier) {
+        let tally = verifier.tally();
+        assert_eq!(
+            tally.duplicates,
+            0,
+            "{}: {tally}; duplicated: {:?}",
+            self.name,
+            verifier.counter().duplicate_ranges(20)
+        );
     }
 
     /// A verifier of the main topic (index 0) and the DLQ (index 1).

@@ -185,10 +185,8 @@ impl Status {
                 }
             }
             _ => {
-                // Check the chain before stopping anything.
-                build_chain(host, &new, &self.metrics)
-                    .await
-                    .map_err(ControlError::Chain)?;
+                // `new` was checked (plugins compiled, `init` called) by the
+                // caller, before anything is stopped.
                 let running = !matches!(state, State::Paused);
                 if let Ok(mut p) = self.pending.lock() {
                     *p = Some(new);

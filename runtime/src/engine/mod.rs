@@ -127,6 +127,17 @@ impl Status {
         }
     }
 
+    /// The state as the API and the live summary name it: `reconnecting`
+    /// while running but cut off from a broker (the connectors retry).
+    pub fn shown_state(&self, state: State) -> serde_json::Value {
+        match state {
+            State::Running if !self.source_connected() || !self.sink_connected() => {
+                serde_json::json!("reconnecting")
+            }
+            s => serde_json::json!(s),
+        }
+    }
+
     /// JSON view for `/api/v1/pipelines`.
     pub fn json(&self) -> serde_json::Value {
         let (state, last_error) = self.state();
@@ -142,13 +153,7 @@ impl Status {
         };
         let m = &self.metrics;
         let control = *self.control.borrow();
-        // Running but cut off from a broker: the connectors are retrying.
-        let state = match state {
-            State::Running if !self.source_connected() || !self.sink_connected() => {
-                serde_json::json!("reconnecting")
-            }
-            s => serde_json::json!(s),
-        };
+        let state = self.shown_state(state);
         serde_json::json!({
             "name": self.name,
             "state": state,

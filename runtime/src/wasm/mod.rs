@@ -158,6 +158,26 @@ struct Sandbox {
     hit_memory: bool,
 }
 
+impl Sandbox {
+    /// Accounts a growth from `current` to `desired` against `used` and
+    /// `cap` (all memories, or all tables, together). If it does not fit,
+    /// remembers that a cap was hit and returns the total it would reach.
+    fn grow(
+        &mut self,
+        used: fn(&mut Self) -> &mut usize,
+        cap: usize,
+        (current, desired, maximum): (usize, usize, Option<usize>),
+    ) -> Result<bool, usize> {
+        let total = used(self).saturating_add(desired.saturating_sub(current));
+        if total > cap || maximum.is_some_and(|m| desired > m) {
+            self.hit_memory = true;
+            return Err(total);
+        }
+        *used(self) = total;
+        Ok(true)
+    }
+}
+
 impl ResourceLimiter for Sandbox {
     fn memory_growing(
         &mut self,
@@ -165,15 +185,11 @@ impl ResourceLimiter for Sandbox {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self
-            .memory_used
-            .saturating_add(desired.saturating_sub(current));
-        if total > self.memory_cap || maximum.is_some_and(|m| desired > m) {
-            self.hit_memory = true;
-            wasmtime::bail!("memory limit reached: growing to {total} bytes");
-        }
-        self.memory_used = total;
-        Ok(true)
+        let cap = self.memory_cap;
+        self.grow(|s| &mut s.memory_used, cap, (current, desired, maximum))
+            .map_err(|total| {
+                wasmtime::Error::msg(format!("memory limit reached: growing to {total} bytes"))
+            })
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -187,15 +203,14 @@ impl ResourceLimiter for Sandbox {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self
-            .table_used
-            .saturating_add(desired.saturating_sub(current));
-        if total > MAX_TABLE_ELEMENTS || maximum.is_some_and(|m| desired > m) {
-            self.hit_memory = true;
-            wasmtime::bail!("table limit reached: growing to {total} elements");
-        }
-        self.table_used = total;
-        Ok(true)
+        self.grow(
+            |s| &mut s.table_used,
+            MAX_TABLE_ELEMENTS,
+            (current, desired, maximum),
+        )
+        .map_err(|total| {
+            wasmtime::Error::msg(format!("table limit reached: growing to {total} elements"))
+        })
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {

@@ -78,23 +78,25 @@ pub async fn broker_version(spec: &ConnectSpec, wait: Duration) -> Option<(Strin
     tokio::time::timeout(wait, work).await.ok().flatten()
 }
 
-/// Logs the broker's version and, once per broker URL and process, the
-/// warning for its offline queue.
+/// Probes each broker URL once per process (a pipeline restarted by a
+/// pause, a restart or a reload does not probe again): logs the broker's
+/// version and, for a broker with a small default offline queue, the
+/// warning.
 pub async fn check(pipeline: String, url: String, spec: ConnectSpec) {
-    static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    static PROBED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let first = PROBED
+        .lock()
+        .map(|mut p| p.insert(url.clone()))
+        .unwrap_or(false);
+    if !first {
+        return;
+    }
     let Some((topic, version)) = broker_version(&spec, Duration::from_secs(5)).await else {
         tracing::debug!(pipeline = %pipeline, url = %url, "broker version not available from $SYS");
         return;
     };
     tracing::info!(pipeline = %pipeline, url = %url, broker = %version, "MQTT broker");
-    let Some(advice) = advice(&topic, &version) else {
-        return;
-    };
-    let first = WARNED
-        .lock()
-        .map(|mut w| w.insert(url.clone()))
-        .unwrap_or(false);
-    if first {
+    if let Some(advice) = advice(&topic, &version) {
         tracing::warn!(pipeline = %pipeline, url = %url, broker = %version, "{advice} (sluice cannot read the broker's settings; `probe_broker: false` silences this)");
     }
 }
