@@ -50,7 +50,7 @@ crate-type = ["cdylib", "rlib"]
 [dependencies]
 sluice-sdk = { path = "sluice-sdk" }
 serde = { version = "1", features = ["derive"] }
-serde_json = { version = "1", features = ["preserve_order"] }
+serde_json = { version = "1", features = ["preserve_order", "raw_value"] }
 
 # Its own workspace: builds wherever you put it.
 [workspace]
@@ -75,7 +75,7 @@ name = "sluice_sdk"
 
 [dependencies]
 serde = { version = "1", features = ["derive"] }
-serde_json = { version = "1", features = ["preserve_order"] }
+serde_json = { version = "1", features = ["preserve_order", "raw_value"] }
 wit-bindgen = "0.63"
 "#;
 

@@ -85,11 +85,13 @@
 #![deny(missing_docs)]
 
 mod config;
+mod fields;
 pub mod log;
 mod message;
 mod runner;
 
 pub use config::Config;
+pub use fields::{FieldValue, JsonFields};
 pub use message::{json_type_name, Header, Message, Qos};
 pub use runner::Runner;
 

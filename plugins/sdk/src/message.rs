@@ -109,13 +109,7 @@ impl Message {
     /// The error text is meant to be returned as is, as the dead-letter
     /// reason: `payload is not JSON: expected value at line 1 column 1`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_slice(&self.payload).map_err(|e| {
-            if e.is_data() {
-                format!("payload JSON does not have the expected shape: {e}")
-            } else {
-                format!("payload is not JSON: {e}")
-            }
-        })
+        serde_json::from_slice(&self.payload).map_err(|e| json_error(&e))
     }
 
     /// Parses the payload as any JSON value.
@@ -128,10 +122,7 @@ impl Message {
     pub fn json_object(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
         match self.json_value()? {
             serde_json::Value::Object(map) => Ok(map),
-            other => Err(format!(
-                "payload is JSON {}, expected a JSON object",
-                json_type_name(&other)
-            )),
+            other => Err(not_an_object(&other)),
         }
     }
 
@@ -272,6 +263,33 @@ impl fmt::Debug for Message {
             .field("retain", &self.retain)
             .field("content_type", &self.content_type)
             .finish()
+    }
+}
+
+/// The dead-letter reason for a payload that does not parse as JSON (or,
+/// for a data error, not into the expected type).
+pub(crate) fn json_error(e: &serde_json::Error) -> String {
+    if e.is_data() {
+        format!("payload JSON does not have the expected shape: {e}")
+    } else {
+        format!("payload is not JSON: {e}")
+    }
+}
+
+fn not_an_object(value: &serde_json::Value) -> String {
+    format!(
+        "payload is JSON {}, expected a JSON object",
+        json_type_name(value)
+    )
+}
+
+/// Why `payload` is not a JSON object, as [`Message::json_object`] says it;
+/// `None` when it is one.
+pub(crate) fn object_error(payload: &[u8]) -> Option<String> {
+    match serde_json::from_slice(payload) {
+        Err(e) => Some(json_error(&e)),
+        Ok(serde_json::Value::Object(_)) => None,
+        Ok(other) => Some(not_an_object(&other)),
     }
 }
 

@@ -18,7 +18,9 @@
 //! The steps run in the numbered order above, so a field from `from_topic`
 //! can be renamed, `convert` uses the new names, and `key_field` sees the
 //! fields that survived `drop`. Fields are top-level fields of the payload;
-//! the payload's field order is kept and new fields go at the end.
+//! the payload's field order is kept and new fields go at the end. The
+//! output is compact JSON; values no step touches keep their exact text
+//! (see `sluice_sdk::JsonFields`).
 //!
 //! Units for `convert`: `f_to_c`, `c_to_f`, `kelvin_to_c`, `c_to_kelvin`
 //! (temperature); `ms_to_s`, `s_to_ms` (durations and timestamps);
@@ -33,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use sluice_sdk::{json_type_name, Config, Message, Transform};
+use sluice_sdk::{json_type_name, Config, FieldValue, JsonFields, Message, Transform};
 
 /// The transform's `config:` map.
 #[derive(Deserialize)]
@@ -126,7 +128,9 @@ impl Transform for JsonMap {
 
     fn process(&mut self, mut msg: Message) -> Result<Vec<Message>, String> {
         let s = &self.settings;
-        let mut fields = msg.json_object()?;
+        // Values the steps below do not touch stay payload text: nothing
+        // builds the whole document.
+        let mut fields = JsonFields::parse(&msg.payload)?;
 
         // 1. from_topic
         for (field, &level) in &s.from_topic {
@@ -136,54 +140,68 @@ impl Transform for JsonMap {
                     msg.topic
                 )
             })?;
-            fields.insert(field.clone(), Value::from(text));
+            fields.insert(field.as_str(), Value::from(text));
         }
         // 2. add
         for (field, value) in &s.add {
-            fields.insert(field.clone(), value.clone());
+            fields.insert(field.as_str(), value.clone());
         }
         // 3. rename: take every old field out first, so that renames do not
         // see each other's results.
-        let moved: Vec<(&String, Value)> = s
+        let moved: Vec<(&String, FieldValue)> = s
             .rename
             .iter()
-            .filter_map(|(old, new)| fields.shift_remove(old).map(|value| (new, value)))
+            .filter_map(|(old, new)| fields.remove(old).map(|value| (new, value)))
             .collect();
         for (new, value) in moved {
-            fields.insert(new.clone(), value);
+            fields.insert(new.as_str(), value);
         }
         // 4. convert
         for (field, &unit) in &s.convert {
-            if let Some(value) = fields.get_mut(field) {
-                *value = convert(field, value, unit, s.round)?;
+            if let Some(value) = fields.get(field) {
+                let converted = convert(field, value, unit, s.round)?;
+                fields.insert(field.as_str(), converted);
             }
         }
         // 5. drop
         for field in &s.drop {
-            fields.shift_remove(field);
+            fields.remove(field);
         }
         // 6. key_field
-        if let Some(field) = &s.key_field {
-            msg.key = Some(key_bytes(field, fields.get(field))?);
+        let key = match &s.key_field {
+            Some(field) => Some(key_bytes(field, fields.value(field)?)?),
+            None => None,
+        };
+        let payload = fields.to_vec();
+
+        msg.payload = payload;
+        if key.is_some() {
+            msg.key = key;
         }
         if let Some(topic) = &s.kafka_topic {
             msg.kafka_topic = Some(topic.clone());
         }
-
-        msg.set_json(&fields)?;
         Ok(vec![msg])
     }
 }
 
 sluice_sdk::export_transform!(JsonMap);
 
-fn convert(field: &str, value: &Value, unit: Unit, round: Option<u32>) -> Result<Value, String> {
-    let x = value.as_f64().ok_or_else(|| {
-        format!(
-            "field `{field}` is {}, expected a number to convert",
-            json_type_name(value)
-        )
-    })?;
+fn convert(
+    field: &str,
+    value: &FieldValue,
+    unit: Unit,
+    round: Option<u32>,
+) -> Result<Value, String> {
+    let x = match value.as_f64() {
+        Some(x) => x,
+        None => {
+            return Err(format!(
+                "field `{field}` is {}, expected a number to convert",
+                json_type_name(&value.to_value()?)
+            ))
+        }
+    };
     let mut y = unit.apply(x);
     if let Some(decimals) = round {
         let scale = 10f64.powi(decimals as i32);
@@ -195,9 +213,9 @@ fn convert(field: &str, value: &Value, unit: Unit, round: Option<u32>) -> Result
 }
 
 /// A string key is its text; numbers and booleans their JSON text.
-fn key_bytes(field: &str, value: Option<&Value>) -> Result<Vec<u8>, String> {
+fn key_bytes(field: &str, value: Option<Value>) -> Result<Vec<u8>, String> {
     match value {
-        Some(Value::String(text)) => Ok(text.clone().into_bytes()),
+        Some(Value::String(text)) => Ok(text.into_bytes()),
         Some(Value::Null) | None => Err(format!("key_field `{field}` is missing or null")),
         Some(other) => Ok(other.to_string().into_bytes()),
     }
