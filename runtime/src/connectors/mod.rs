@@ -99,6 +99,10 @@ pub struct Failure {
 /// A running sink.
 pub trait Sink: Send + Sync + 'static {
     /// Sends one message; resolves once the destination acknowledged it.
+    ///
+    /// The message is handed over when `deliver` is called, not when the
+    /// future is first polled: the engine hands over a whole batch, in
+    /// order, and then awaits the results one by one.
     fn deliver(&self, msg: &Message) -> BoxFuture<'static, Result<(), DeliveryError>>;
     /// Sends a failed input message to the dead-letter destination, if one
     /// is configured (`Ok(false)` when none is).

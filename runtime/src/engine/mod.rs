@@ -17,13 +17,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::{Delivery, ErrorPolicy, Pipeline};
-use crate::connectors::{self, Context, Failure, Inbound, Sink};
+use crate::connectors::{self, Context, DeliveryError, Failure, Inbound, Sink};
 use crate::message::Message;
 use crate::metrics::PipelineMetrics;
 use crate::wasm::chain::{Chain, Outcome};
@@ -419,22 +420,23 @@ pub async fn run_with(
             loop {
                 tokio::select! {
                     d = done_rx.recv(), if open => match d {
-                        Some(batch) => for d in batch {
-                            pending.push(settle_one(sink.clone(), metrics.clone(), pipeline.clone(), policy, d));
-                        },
+                        Some(batch) => pending.push(settle_batch(sink.clone(), metrics.clone(), pipeline.clone(), policy, batch)),
                         None => open = false,
                     },
                     Some(settled) = pending.next() => {
-                        if let Some(reason) = settled.fatal {
-                            // Never settled: nothing from here on is acked,
-                            // and the broker redelivers it after the restart.
-                            if fatal_tx.send_replace(Some(reason)).is_none() {
-                                stop_tx.send_replace(true);
-                            }
-                            continue;
-                        }
                         if let Ok(mut t) = tracker.lock() {
-                            t.settle(settled.seq, &mut released);
+                            for s in settled {
+                                if let Some(reason) = s.fatal {
+                                    // Never settled: nothing from here on is
+                                    // acked, and the broker redelivers it
+                                    // after the restart.
+                                    if fatal_tx.send_replace(Some(reason)).is_none() {
+                                        stop_tx.send_replace(true);
+                                    }
+                                    continue;
+                                }
+                                t.settle(s.seq, &mut released);
+                            }
                         }
                         for r in released.drain(..) {
                             acker.ack(r.token, connectors::WindowSlot::new(r.permit));
@@ -486,48 +488,91 @@ struct Settled {
     fatal: Option<String>,
 }
 
-/// Delivers one input's outputs (or applies the error policy) and reports
-/// once its fate is settled. Transient errors are retried forever.
-async fn settle_one(
+/// Delivers one batch's outputs and settles each input: one task per
+/// batch, not per message.
+///
+/// Every output of the batch is handed to the sink first, in input order
+/// (the sink enqueues when called), then their results are awaited in the
+/// same order. A transient error is retried forever for that output; a
+/// permanent one fails its input, which goes through the error policy
+/// (the input's other outputs were already handed over). Inputs the chain
+/// failed go through the error policy too.
+async fn settle_batch(
     sink: Arc<dyn Sink>,
     metrics: Arc<PipelineMetrics>,
     pipeline: Arc<PipelineLog>,
     policy: ErrorPolicy,
-    d: Done,
-) -> Settled {
-    let failure = match d.outcome {
-        Outcome::Failed(f) => Some(f),
-        Outcome::Deliver(outs) => {
-            let mut failure = None;
-            for out in &outs {
-                if let Err(e) = deliver_retrying(&*sink, &metrics, &pipeline, out).await {
-                    failure = Some(Failure {
-                        stage: "sink",
-                        transform: None,
-                        reason: e,
-                    });
-                    break;
+    batch: Vec<Done>,
+) -> Vec<Settled> {
+    let sent: Vec<Vec<_>> = batch
+        .iter()
+        .map(|d| match &d.outcome {
+            Outcome::Deliver(outs) => outs.iter().map(|out| sink.deliver(out)).collect(),
+            Outcome::Failed(_) => Vec::new(),
+        })
+        .collect();
+    let mut settled = Vec::with_capacity(batch.len());
+    let mut delivered = 0;
+    for (
+        Done {
+            seq,
+            input,
+            outcome,
+        },
+        sent,
+    ) in batch.into_iter().zip(sent)
+    {
+        let failure = match outcome {
+            Outcome::Failed(f) => Some(f),
+            Outcome::Deliver(outs) => {
+                let mut failure = None;
+                for (out, first) in outs.iter().zip(sent) {
+                    match deliver_retrying(&*sink, &metrics, &pipeline, out, first).await {
+                        Ok(()) => delivered += 1,
+                        Err(reason) => {
+                            failure.get_or_insert(Failure {
+                                stage: "sink",
+                                transform: None,
+                                reason,
+                            });
+                        }
+                    }
                 }
-                metrics.delivered.inc();
+                failure
             }
-            failure
-        }
-    };
-    let Some(f) = failure else {
-        return Settled {
-            seq: d.seq,
-            fatal: None,
         };
-    };
+        settled.push(Settled {
+            seq,
+            fatal: match failure {
+                None => None,
+                Some(f) => apply_policy(&*sink, &metrics, &pipeline, policy, &input, f).await,
+            },
+        });
+    }
+    metrics.delivered.inc_by(delivered);
+    settled
+}
+
+/// Applies the error policy to an input whose transform or delivery
+/// failed; `Some(reason)` when the pipeline must stop (`errors.policy:
+/// fail`) without acking it.
+async fn apply_policy(
+    sink: &dyn Sink,
+    metrics: &PipelineMetrics,
+    pipeline: &PipelineLog,
+    policy: ErrorPolicy,
+    input: &Message,
+    f: Failure,
+) -> Option<String> {
     let sink_stage = f.stage == "sink";
     if sink_stage {
         metrics.failed_sink.inc();
     } else {
         metrics.failed_transform.inc();
     }
-    let fatal = match policy {
+    match policy {
         ErrorPolicy::DeadLetter => {
-            if dead_letter_retrying(&*sink, &metrics, &pipeline, &d.input, &f).await {
+            if dead_letter_retrying(sink, metrics, pipeline, input, &f).await {
                 if sink_stage {
                     metrics.dead_lettered_sink.inc();
                 } else {
@@ -538,7 +583,7 @@ async fn settle_one(
         }
         ErrorPolicy::Drop => {
             if let Some(suppressed) = pipeline.admit() {
-                tracing::warn!(pipeline = %pipeline.name, suppressed, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %d.input.topic, "message failed and errors.policy is drop: discarded");
+                tracing::warn!(pipeline = %pipeline.name, suppressed, stage = f.stage, transform = ?f.transform, error = %f.reason, mqtt_topic = %input.topic, "message failed and errors.policy is drop: discarded");
             }
             None
         }
@@ -550,10 +595,9 @@ async fn settle_one(
                 .map(|t| format!(" in transform `{t}`"))
                 .unwrap_or_default(),
             f.reason,
-            d.input.topic
+            input.topic
         )),
-    };
-    Settled { seq: d.seq, fatal }
+    }
 }
 
 /// A pipeline's name for per-message log lines, which are rate-limited:
@@ -598,15 +642,20 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(ms).mul_f64(jitter)
 }
 
+/// Awaits `first`, the result of handing `m` to the sink, and hands it over
+/// again after a transient error, with backoff, until it is delivered or
+/// fails for good.
 async fn deliver_retrying(
     sink: &dyn Sink,
     metrics: &PipelineMetrics,
     pipeline: &PipelineLog,
     m: &Message,
+    first: BoxFuture<'static, Result<(), DeliveryError>>,
 ) -> Result<(), String> {
     let mut attempt = 0;
+    let mut sent = first;
     loop {
-        match sink.deliver(m).await {
+        match sent.await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 metrics.produce_errors.inc();
@@ -618,6 +667,7 @@ async fn deliver_retrying(
                 }
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
+                sent = sink.deliver(m);
             }
         }
     }

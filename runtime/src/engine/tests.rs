@@ -62,7 +62,9 @@ impl Sink for FakeSink {
         let delivered = self.delivered.clone();
         let flaky = self.flaky_failures.clone();
         self.started.fetch_add(1, Ordering::SeqCst);
-        async move {
+        // Like Kafka's producer, the delivery starts at the call (see
+        // `Sink::deliver`); the returned future only waits for its result.
+        let delivery = tokio::spawn(async move {
             if payload == "perm" || payload == "huge" {
                 return Err(DeliveryError {
                     permanent: true,
@@ -82,6 +84,14 @@ impl Sink for FakeSink {
             tokio::time::sleep(Duration::from_millis(delay)).await;
             delivered.lock().unwrap().push(payload);
             Ok(())
+        });
+        async move {
+            delivery.await.unwrap_or_else(|e| {
+                Err(DeliveryError {
+                    permanent: false,
+                    message: e.to_string(),
+                })
+            })
         }
         .boxed()
     }
