@@ -354,9 +354,11 @@ pub async fn run_with(
         let mut shutdown = shutdown;
         tokio::spawn(async move {
             let mut stopping = false;
+            // One timer for the whole intake, reset when a batch starts:
+            // not one per message.
+            let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
             while !stopping {
                 let mut items = Vec::with_capacity(max);
-                let mut deadline = None;
                 while items.len() < max {
                     let permit = match window.clone().try_acquire_owned() {
                         Ok(p) => p,
@@ -371,11 +373,23 @@ pub async fn run_with(
                             },
                         },
                     };
-                    let next = tokio::select! {
-                        biased;
-                        _ = shutdown.wait_for(|s| *s) => { stopping = true; break }
-                        m = messages.recv() => m,
-                        _ = sleep_until(deadline), if !items.is_empty() => break,
+                    // Messages already queued are taken without setting up
+                    // the wait below.
+                    let queued = if *shutdown.borrow() {
+                        stopping = true;
+                        break;
+                    } else {
+                        messages.try_recv()
+                    };
+                    let next = match queued {
+                        Ok(m) => Some(m),
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                            biased;
+                            _ = shutdown.wait_for(|s| *s) => { stopping = true; break }
+                            m = messages.recv() => m,
+                            _ = &mut timer, if !items.is_empty() => break,
+                        },
                     };
                     let Some(Inbound { msg, token }) = next else {
                         stopping = true;
@@ -392,8 +406,8 @@ pub async fn run_with(
                         stopping = true;
                         break;
                     };
-                    if deadline.is_none() {
-                        deadline = Some(tokio::time::Instant::now() + wait);
+                    if items.is_empty() {
+                        timer.as_mut().reset(tokio::time::Instant::now() + wait);
                     }
                     items.push((seq, msg));
                 }
@@ -470,13 +484,6 @@ pub async fn run_with(
     match fatal {
         Some(reason) => Err(reason),
         None => Ok(()),
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => futures::future::pending().await,
     }
 }
 

@@ -626,6 +626,15 @@ async fn read_phase(
                         msg,
                         token: token(generation, qos, pkid),
                     };
+                    // The usual case, without setting up the wait below.
+                    let inbound = match s.tx.try_send(inbound) {
+                        Ok(()) => continue,
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            s.shared.draining.store(true, Ordering::Release);
+                            continue;
+                        }
+                        Err(mpsc::error::TrySendError::Full(inbound)) => inbound,
+                    };
                     // Waiting here is the backpressure: the socket is not read.
                     let mut close_now = false;
                     tokio::select! {
