@@ -268,7 +268,9 @@ impl<'de> Deserialize<'de> for JsonFields<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                // serde_json gives no size hint; 16 holds a usual
+                // telemetry object without growing.
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
                 while let Some((Key(name), raw)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
                     fields.push((name, FieldValue::Raw(raw)));
                 }

@@ -147,14 +147,22 @@ impl Transform for JsonMap {
             fields.insert(field.as_str(), value.clone());
         }
         // 3. rename: take every old field out first, so that renames do not
-        // see each other's results.
-        let moved: Vec<(&String, FieldValue)> = s
-            .rename
-            .iter()
-            .filter_map(|(old, new)| fields.remove(old).map(|value| (new, value)))
-            .collect();
-        for (new, value) in moved {
-            fields.insert(new.as_str(), value);
+        // see each other's results (one rename needs no list).
+        if s.rename.len() == 1 {
+            for (old, new) in &s.rename {
+                if let Some(value) = fields.remove(old) {
+                    fields.insert(new.as_str(), value);
+                }
+            }
+        } else {
+            let moved: Vec<(&String, FieldValue)> = s
+                .rename
+                .iter()
+                .filter_map(|(old, new)| fields.remove(old).map(|value| (new, value)))
+                .collect();
+            for (new, value) in moved {
+                fields.insert(new.as_str(), value);
+            }
         }
         // 4. convert
         for (field, &unit) in &s.convert {
