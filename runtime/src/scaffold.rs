@@ -25,9 +25,10 @@ pub enum ScaffoldError {
 
 /// The SDK's sources, vendored into each new crate so that it builds
 /// anywhere (the SDK is not on crates.io).
-const SDK_FILES: [(&str, &str); 5] = [
+const SDK_FILES: [(&str, &str); 6] = [
     ("lib.rs", include_str!("../../plugins/sdk/src/lib.rs")),
     ("config.rs", include_str!("../../plugins/sdk/src/config.rs")),
+    ("fields.rs", include_str!("../../plugins/sdk/src/fields.rs")),
     ("log.rs", include_str!("../../plugins/sdk/src/log.rs")),
     (
         "message.rs",
@@ -298,5 +299,21 @@ mod tests {
                 Err(ScaffoldError::BadName(_))
             ));
         }
+    }
+
+    #[test]
+    fn every_sdk_source_file_is_vendored() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let mut vendored: Vec<&str> = SDK_FILES.iter().map(|(name, _)| *name).collect();
+        vendored.sort();
+        assert_eq!(
+            vendored, on_disk,
+            "SDK_FILES must list every file of {src:?}"
+        );
     }
 }
