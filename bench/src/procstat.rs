@@ -30,16 +30,7 @@ pub fn read(pid: u32) -> Option<Reading> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let peak_rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kib| kib.parse().ok())
-        })
-        .unwrap_or(0);
+    let peak_rss_kib = sluice_tests::peak_rss_kib(pid).unwrap_or(0);
     Some(Reading {
         cpu_s: ticks as f64 / clock_ticks_per_second(),
         peak_rss_kib,

@@ -145,30 +145,23 @@ fn config(c: &mut Criterion) {
 fn templates(c: &mut Criterion) {
     let topic = "sensors/dev-0042/telemetry";
     let mut group = c.benchmark_group("template");
-    let level = Template::parse("{{topic.2}}").expect("template");
-    group.bench_function("render/{{topic.2}}", |b| {
-        b.iter(|| {
-            level
-                .render(std::hint::black_box(topic), "sensors")
-                .expect("renders")
-        })
-    });
-    let mixed = Template::parse("{{pipeline}}.{{topic.1}}.v1").expect("template");
-    group.bench_function("render/{{pipeline}}.{{topic.1}}.v1", |b| {
-        b.iter(|| {
-            mixed
-                .render(std::hint::black_box(topic), "sensors")
-                .expect("renders")
-        })
-    });
-    let fixed = Template::parse("telemetry").expect("template");
-    group.bench_function("render/static", |b| {
-        b.iter(|| {
-            fixed
-                .render(std::hint::black_box(topic), "sensors")
-                .expect("renders")
-        })
-    });
+    for (name, text) in [
+        ("render/{{topic.2}}", "{{topic.2}}"),
+        (
+            "render/{{pipeline}}.{{topic.1}}.v1",
+            "{{pipeline}}.{{topic.1}}.v1",
+        ),
+        ("render/static", "telemetry"),
+    ] {
+        let template = Template::parse(text).expect("template");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                template
+                    .render(std::hint::black_box(topic), "sensors")
+                    .expect("renders")
+            })
+        });
+    }
     group.bench_function("parse/{{pipeline}}.{{topic.1}}.v1", |b| {
         b.iter(|| Template::parse(std::hint::black_box("{{pipeline}}.{{topic.1}}.v1")))
     });

@@ -30,7 +30,7 @@
 //! stream in the background (paced or not, surviving broker restarts by
 //! resending what was not acknowledged), and [`SeqVerifier`] reads Kafka
 //! topics back incrementally into a [`Tally`] of missing and duplicate
-//! numbers. [`rss_kib`] reads a process's resident memory, and
+//! numbers. [`rss_kib`] and [`peak_rss_kib`] read a process's resident memory, and
 //! [`Tansu::pause`] freezes the Kafka broker.
 //!
 //! For the operations side: [`Prometheus`] runs a real Prometheus server
@@ -79,7 +79,8 @@ pub use mqtt::{
 };
 pub use paths::{plugin, plugin_dir, sluice_bin, workspace_root};
 pub use process::{
-    find_on_path, free_port, pid_is_alive, port_is_open, rss_kib, tail, temp_dir, ChildProcess,
+    find_on_path, free_port, peak_rss_kib, pid_is_alive, port_is_open, rss_kib, tail, temp_dir,
+    ChildProcess,
 };
 pub use prometheus::{prometheus_bin, promtool_bin, url_encode, Prometheus};
 pub use rig::{Rig, RIG_WINDOW};

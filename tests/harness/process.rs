@@ -32,10 +32,21 @@ pub fn pid_is_alive(pid: u32) -> bool {
 /// The resident set size of process `pid` in KiB (`VmRSS` in
 /// `/proc/PID/status`); `None` if the process is gone.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The peak resident set size of process `pid` in KiB (`VmHWM`); `None` if
+/// the process is gone.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `kB` line of `/proc/PID/status`, such as `VmRSS:`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }

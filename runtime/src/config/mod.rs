@@ -209,68 +209,47 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            memory_mb: default_memory_mb(),
-            timeout_ms: default_timeout_ms(),
-            stack_kb: default_stack_kb(),
-            max_outputs: default_max_outputs(),
-            max_output_bytes: default_max_output_bytes(),
+            memory_mb: 64,
+            timeout_ms: 1000,
+            stack_kb: 512,
+            max_outputs: 1000,
+            max_output_bytes: 4 << 20,
         }
     }
 }
 
-fn default_memory_mb() -> u64 {
-    64
-}
-
-fn default_timeout_ms() -> u64 {
-    1000
-}
-
-fn default_stack_kb() -> u64 {
-    512
-}
-
-fn default_max_outputs() -> u64 {
-    1000
-}
-
-fn default_max_output_bytes() -> u64 {
-    4 << 20
-}
+/// One `limits:` key: its name, its value, its accepted range and unit.
+type LimitRange = (&'static str, fn(&Limits) -> u64, u64, u64, &'static str);
 
 impl Limits {
     /// The accepted range of each key, with its unit, in YAML order.
     /// `stack_kb` stays well below the 2 MiB native stack of the threads
     /// that run plugins (the host's own frames need the rest).
-    pub const RANGES: [(&'static str, u64, u64, &'static str); 5] = [
-        ("memory_mb", 1, 4096, "MiB"),
-        ("timeout_ms", 1, 60_000, "ms"),
-        ("stack_kb", 64, 1024, "KiB"),
-        ("max_outputs", 1, 100_000, "messages"),
-        ("max_output_bytes", 1, 1 << 30, "bytes"),
+    const RANGES: [LimitRange; 5] = [
+        ("memory_mb", |l| l.memory_mb, 1, 4096, "MiB"),
+        ("timeout_ms", |l| l.timeout_ms, 1, 60_000, "ms"),
+        ("stack_kb", |l| l.stack_kb, 64, 1024, "KiB"),
+        ("max_outputs", |l| l.max_outputs, 1, 100_000, "messages"),
+        (
+            "max_output_bytes",
+            |l| l.max_output_bytes,
+            1,
+            1 << 30,
+            "bytes",
+        ),
     ];
-
-    fn value(&self, key: &str) -> u64 {
-        match key {
-            "memory_mb" => self.memory_mb,
-            "timeout_ms" => self.timeout_ms,
-            "stack_kb" => self.stack_kb,
-            "max_outputs" => self.max_outputs,
-            _ => self.max_output_bytes,
-        }
-    }
 
     /// Every key outside its range: `(key, message)`.
     pub fn check(&self) -> Vec<(&'static str, String)> {
         Self::RANGES
             .iter()
-            .filter(|(key, lo, hi, _)| !(*lo..=*hi).contains(&self.value(key)))
-            .map(|(key, lo, hi, unit)| {
+            .filter(|(_, value, lo, hi, _)| !(*lo..=*hi).contains(&value(self)))
+            .map(|(key, value, lo, hi, unit)| {
                 (
                     *key,
                     format!(
                         "limits.{key} must be between {lo} and {hi} ({unit}), got {}",
-                        self.value(key)
+                        value(self)
                     ),
                 )
             })
@@ -293,6 +272,17 @@ pub enum Capability {
     /// Guest stdout and stderr go to the host's stdout and stderr
     /// (otherwise discarded).
     Stdio,
+}
+
+impl Capability {
+    /// The name under `capabilities:` in the YAML.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Clock => "clock",
+            Capability::Random => "random",
+            Capability::Stdio => "stdio",
+        }
+    }
 }
 
 /// Whether `name` can be an environment variable name in an `env:` grant.

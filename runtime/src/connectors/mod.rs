@@ -96,6 +96,11 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// `#[serde(default = ...)]` for settings that are on unless turned off.
+fn default_true() -> bool {
+    true
+}
+
 /// A running sink.
 pub trait Sink: Send + Sync + 'static {
     /// Sends one message; resolves once the destination acknowledged it.

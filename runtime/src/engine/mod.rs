@@ -520,16 +520,8 @@ async fn settle_batch(
         .collect();
     let mut settled = Vec::with_capacity(batch.len());
     let mut delivered = 0;
-    for (
-        Done {
-            seq,
-            input,
-            outcome,
-        },
-        sent,
-    ) in batch.into_iter().zip(sent)
-    {
-        let failure = match outcome {
+    for (d, sent) in batch.into_iter().zip(sent) {
+        let failure = match d.outcome {
             Outcome::Failed(f) => Some(f),
             Outcome::Deliver(outs) => {
                 let mut failure = None;
@@ -549,10 +541,10 @@ async fn settle_batch(
             }
         };
         settled.push(Settled {
-            seq,
+            seq: d.seq,
             fatal: match failure {
                 None => None,
-                Some(f) => apply_policy(&*sink, &metrics, &pipeline, policy, &input, f).await,
+                Some(f) => apply_policy(&*sink, &metrics, &pipeline, policy, &d.input, f).await,
             },
         });
     }

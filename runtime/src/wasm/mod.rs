@@ -522,10 +522,7 @@ fn check_imports(
         let reason = match import_need(name) {
             Need::Nothing => continue,
             Need::Grant(c) if caps.contains(&c) => continue,
-            Need::Grant(c) => format!(
-                "add `{}` to the transform's capabilities",
-                capability_name(c)
-            ),
+            Need::Grant(c) => format!("add `{}` to the transform's capabilities", c.name()),
             Need::Never(why) => why.to_string(),
         };
         let name = format!("`{name}`");
@@ -546,14 +543,6 @@ fn check_imports(
         path.display(),
         list.join("; ")
     )))
-}
-
-fn capability_name(c: Capability) -> &'static str {
-    match c {
-        Capability::Clock => "clock",
-        Capability::Random => "random",
-        Capability::Stdio => "stdio",
-    }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -176,19 +176,13 @@ impl Transform for JsonMap {
             fields.remove(field);
         }
         // 6. key_field
-        let key = match &s.key_field {
-            Some(field) => Some(key_bytes(field, fields.value(field)?)?),
-            None => None,
-        };
-        let payload = fields.to_vec();
-
-        msg.payload = payload;
-        if key.is_some() {
-            msg.key = key;
+        if let Some(field) = &s.key_field {
+            msg.key = Some(key_bytes(field, fields.value(field)?)?);
         }
         if let Some(topic) = &s.kafka_topic {
             msg.kafka_topic = Some(topic.clone());
         }
+        msg.payload = fields.to_vec();
         Ok(vec![msg])
     }
 }

@@ -74,7 +74,7 @@ pub struct KafkaConfig {
     pub message_timeout_ms: u64,
     /// Add `mqtt.topic`, `mqtt.qos`, `mqtt.retain` (and `content-type`)
     /// headers.
-    #[serde(default = "default_true")]
+    #[serde(default = "super::default_true")]
     pub mqtt_headers: bool,
     /// Extra librdkafka properties, from an allow-list.
     #[serde(default)]
@@ -86,9 +86,6 @@ fn default_linger() -> u64 {
 }
 fn default_message_timeout() -> u64 {
     30_000
-}
-fn default_true() -> bool {
-    true
 }
 
 /// librdkafka properties a pipeline may set. Anything that runs commands,

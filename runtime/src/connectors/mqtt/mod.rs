@@ -123,12 +123,8 @@ pub struct MqttConfig {
     /// At start of an at-least-once pipeline, read the broker's version
     /// from `$SYS` on a separate connection and warn if its default queue
     /// for offline sessions drops messages.
-    #[serde(default = "default_true")]
+    #[serde(default = "super::default_true")]
     pub probe_broker: bool,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_keep_alive() -> u64 {
