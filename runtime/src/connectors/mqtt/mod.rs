@@ -431,10 +431,7 @@ pub fn start(cfg: &MqttConfig, ctx: &Context) -> Result<SourceHandle, ConnectorE
     })
 }
 
-fn tls_config(
-    tls: Option<&TlsConfig>,
-) -> Result<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>, ConnectorError> {
-    use rumqttc::tokio_rustls::rustls;
+fn tls_config(tls: Option<&TlsConfig>) -> Result<Arc<rustls::ClientConfig>, ConnectorError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &std::path::Path| {

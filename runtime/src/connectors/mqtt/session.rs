@@ -37,7 +37,7 @@ pub struct ConnectSpec {
     /// Broker port.
     pub port: u16,
     /// TLS client configuration (for `mqtts://`).
-    pub tls: Option<Arc<rumqttc::tokio_rustls::rustls::ClientConfig>>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Client id.
     pub client_id: String,
     /// Clean start / clean session.
@@ -345,7 +345,7 @@ pub async fn open(spec: &ConnectSpec) -> Result<Box<dyn Io>, String> {
     match &spec.tls {
         None => Ok(Box::new(tcp)),
         Some(cfg) => {
-            use rumqttc::tokio_rustls::rustls::pki_types::ServerName;
+            use rustls::pki_types::ServerName;
             let name = ServerName::try_from(spec.host.clone())
                 .map_err(|e| format!("invalid TLS server name `{}`: {e}", spec.host))?;
             let tls = rumqttc::tokio_rustls::TlsConnector::from(cfg.clone())
