@@ -45,13 +45,14 @@ pub struct Verifier {
 impl Verifier {
     /// Starts reading `topic` for numbers `0..expected`; numbers
     /// `expected..expected + warmup` are warm-up messages, only counted
-    /// ([`Verifier::warmed_up`]). Returns once the consumer has its
-    /// partitions assigned.
+    /// ([`Verifier::warmed_up`]). A fetch waits up to `fetch_wait` for
+    /// data. Returns once the consumer has its partitions assigned.
     pub fn start(
         brokers: &str,
         topic: &str,
         expected: usize,
         warmup: usize,
+        fetch_wait: Duration,
     ) -> anyhow::Result<Verifier> {
         let consumer: BaseConsumer = kafka_client_config(brokers)
             .set(
@@ -61,9 +62,7 @@ impl Verifier {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            // Small fetch waits: the verifier's own delay is part of every
-            // latency figure.
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
             .set("fetch.error.backoff.ms", "20")
             .create()
             .context("rdkafka consumer")?;

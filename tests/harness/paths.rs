@@ -13,10 +13,12 @@ pub fn workspace_root() -> PathBuf {
 
 /// The `sluice` binary: `$SLUICE_BIN`, else `sluice` next to the directory
 /// of the running test executable (`<target>/debug/deps/..` ->
-/// `<target>/debug/sluice`), which respects `CARGO_TARGET_DIR`.
+/// `<target>/debug/sluice`), which respects `CARGO_TARGET_DIR`. A relative
+/// `$SLUICE_BIN` is taken from the current directory (the runtime is
+/// started in a folder of its own).
 pub fn sluice_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("SLUICE_BIN") {
-        return PathBuf::from(path);
+        return std::path::absolute(&path).unwrap_or_else(|_| PathBuf::from(path));
     }
     let exe = std::env::current_exe().expect("path of the test executable");
     let mut dir = exe.parent().expect("test executable has a directory");

@@ -166,6 +166,11 @@ fn options(host: &str, port: u16) -> MqttOptions {
         .set_outgoing_inflight_upper_limit(WINDOW as u16)
         .set_max_packet_size(Some(1024 * 1024))
         .set_request_channel_capacity(2 * WINDOW);
+    // Each publish is written at once, not held back by Nagle's algorithm
+    // (the message's time stamp is taken before it is queued).
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     options
 }
 
