@@ -24,7 +24,7 @@ use sluice_tests::{
 use crate::consumer::{Verified, Verifier};
 use crate::payload::{telemetry, FILTER};
 use crate::procstat::{Reading, Sampler};
-use crate::report::{self, CaseResult, Latency};
+use crate::report::{self, CaseResult, Latency, LatencySplit};
 use crate::RunArgs;
 
 /// How long a child process gets after SIGTERM.
@@ -957,6 +957,12 @@ impl Measured {
                 self.payload_bytes as f64 / self.sent.max(1) as f64 * d as f64 / 1e6 / s
             }),
             latency_ms: latency,
+            latency_split_ms: self.verified.as_ref().and_then(|v| {
+                (!v.to_record_us.is_empty()).then(|| LatencySplit {
+                    to_record: Latency::from_histogram(&v.to_record_us),
+                    from_record: Latency::from_histogram(&v.from_record_us),
+                })
+            }),
             cpu_s: (!sut.is_empty()).then(|| sut.iter().map(|r| r.cpu_s).sum()),
             peak_rss_mib: (!sut.is_empty())
                 .then(|| sut.iter().map(|r| r.peak_rss_kib as f64 / 1024.0).sum()),

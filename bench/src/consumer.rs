@@ -1,7 +1,8 @@
 //! The verifier: reads a case's Kafka topic from the beginning on its own
 //! thread, counts sequence numbers (missing, duplicates) and records each
 //! record's end-to-end latency, from the publish time stamped in the payload
-//! to the moment this consumer has the record.
+//! to the moment this consumer has the record, and that latency split at
+//! the record's Kafka time stamp.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,12 @@ pub struct Verified {
     pub tally: Tally,
     /// End-to-end latency of every record, µs.
     pub latency_us: Histogram<u64>,
+    /// From the publish to the record's Kafka time stamp (CreateTime, set
+    /// by the producer: Sluice stamps its MQTT receipt), µs; millisecond
+    /// resolution.
+    pub to_record_us: Histogram<u64>,
+    /// From the record's Kafka time stamp to the read, µs.
+    pub from_record_us: Histogram<u64>,
     /// When the last not-yet-seen number arrived.
     pub last_new: Option<Instant>,
     /// Records without a readable `seq`/`ts_us`.
@@ -151,8 +158,10 @@ fn read(
 ) -> Verified {
     let mut counter = SeqCounter::new(expected);
     // 1 µs .. 1 h, 3 significant digits.
-    let mut latency_us =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let histogram =
+        || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let (mut latency_us, mut to_record_us, mut from_record_us) =
+        (histogram(), histogram(), histogram());
     let mut last_new = None;
     let mut complete_at: Option<Instant> = None;
     let mut unreadable = 0;
@@ -170,6 +179,11 @@ fn read(
                     continue;
                 }
                 latency_us.saturating_record(now.saturating_sub(stamp.ts_us).max(1));
+                if let Some(ms) = message.timestamp().to_millis() {
+                    let record_us = u64::try_from(ms).unwrap_or(0).saturating_mul(1000);
+                    to_record_us.saturating_record(record_us.saturating_sub(stamp.ts_us).max(1));
+                    from_record_us.saturating_record(now.saturating_sub(record_us).max(1));
+                }
                 let before = counter.tally().delivered;
                 counter.add(stamp.seq);
                 let tally = counter.tally();
@@ -188,6 +202,8 @@ fn read(
     Verified {
         tally: counter.tally(),
         latency_us,
+        to_record_us,
+        from_record_us,
         last_new,
         unreadable,
         last_error,

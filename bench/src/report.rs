@@ -112,6 +112,20 @@ impl Latency {
     }
 }
 
+/// The end-to-end latency split at the record's Kafka time stamp
+/// (CreateTime, millisecond resolution). Sluice stamps a record with the
+/// time it received the message over MQTT; the bridges stamp it when
+/// their producer takes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySplit {
+    /// Publish to the time stamp: publisher, MQTT broker, and the bridge's
+    /// reading (for Sluice, up to its MQTT receipt).
+    pub to_record: Latency,
+    /// The time stamp to the read: for Sluice, batching, transforms, the
+    /// producer, Kafka and the verifier's fetch.
+    pub from_record: Latency,
+}
+
 /// One case's figures. `None` where the case cannot tell (the broker
 /// ceiling has no latency) or did not get that far.
 #[derive(Debug, Clone, Serialize)]
@@ -142,6 +156,8 @@ pub struct CaseResult {
     pub mb_per_s: Option<f64>,
     /// End-to-end latency, publish to read back from Kafka.
     pub latency_ms: Option<Latency>,
+    /// That latency split at the record's Kafka time stamp.
+    pub latency_split_ms: Option<LatencySplit>,
     /// CPU seconds of the process(es) under test during the run.
     pub cpu_s: Option<f64>,
     /// Peak RSS (VmHWM) of the process(es) under test, MiB (summed).
@@ -177,6 +193,7 @@ impl CaseResult {
             msgs_per_s: None,
             mb_per_s: None,
             latency_ms: None,
+            latency_split_ms: None,
             cpu_s: None,
             peak_rss_mib: None,
             mosquitto_cpu_s: None,
@@ -326,6 +343,28 @@ pub fn markdown(run: &Run) -> String {
             ratio(r.vs_b1),
             ratio(r.vs_b2),
         );
+    }
+    let splits: Vec<(&CaseResult, &LatencySplit)> = run
+        .cases
+        .iter()
+        .filter_map(|r| r.latency_split_ms.as_ref().map(|s| (r, s)))
+        .collect();
+    if !splits.is_empty() {
+        out += "\nLatency split at the Kafka record's time stamp (Sluice: its MQTT receipt; \
+                the bridges: their producer), ms:\n\n\
+                | case | publish → time stamp p50 | p99 | time stamp → read p50 | p99 |\n\
+                | --- | ---: | ---: | ---: | ---: |\n";
+        for (r, split) in splits {
+            out += &format!(
+                "| ({}) {} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                r.letter,
+                r.id,
+                split.to_record.p50,
+                split.to_record.p99,
+                split.from_record.p50,
+                split.from_record.p99,
+            );
+        }
     }
     let notes: Vec<String> = run
         .cases

@@ -50,10 +50,20 @@ fn every_case_runs_loses_nothing_and_writes_the_three_reports() {
             // back from Kafka and checked number by number.
             assert_eq!(case["delivered"], MESSAGES, "case {id}: {case}");
             assert_eq!(case["duplicates"], 0, "case {id}: {case}");
+            let total_max = case["latency_ms"]["max"].as_f64();
             assert!(
-                case["latency_ms"]["p99"].as_f64().is_some(),
+                case["latency_ms"]["p99"].as_f64().is_some() && total_max.is_some(),
                 "case {id}: {case}"
             );
+            // Each leg of the split is part of the whole latency; the
+            // record's time stamp has millisecond resolution.
+            for leg in ["to_record", "from_record"] {
+                let max = case["latency_split_ms"][leg]["max"].as_f64();
+                assert!(
+                    max.zip(total_max).is_some_and(|(m, t)| m <= t + 1.0),
+                    "case {id}, {leg}: {case}"
+                );
+            }
         }
     }
 
