@@ -179,8 +179,9 @@ fn read(
                     continue;
                 }
                 latency_us.saturating_record(now.saturating_sub(stamp.ts_us).max(1));
-                if let Some(ms) = message.timestamp().to_millis() {
-                    let record_us = u64::try_from(ms).unwrap_or(0).saturating_mul(1000);
+                let record_ms = message.timestamp().to_millis();
+                if let Some(record_us) = record_ms.and_then(|ms| u64::try_from(ms).ok()) {
+                    let record_us = record_us.saturating_mul(1000);
                     to_record_us.saturating_record(record_us.saturating_sub(stamp.ts_us).max(1));
                     from_record_us.saturating_record(now.saturating_sub(record_us).max(1));
                 }
