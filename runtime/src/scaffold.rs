@@ -25,8 +25,9 @@ pub enum ScaffoldError {
 
 /// The SDK's sources, vendored into each new crate so that it builds
 /// anywhere (the SDK is not on crates.io).
-const SDK_FILES: [(&str, &str); 6] = [
+const SDK_FILES: [(&str, &str); 7] = [
     ("lib.rs", include_str!("../../plugins/sdk/src/lib.rs")),
+    ("alloc.rs", include_str!("../../plugins/sdk/src/alloc.rs")),
     ("config.rs", include_str!("../../plugins/sdk/src/config.rs")),
     ("fields.rs", include_str!("../../plugins/sdk/src/fields.rs")),
     ("log.rs", include_str!("../../plugins/sdk/src/log.rs")),
@@ -73,6 +74,12 @@ description = "Vendored copy of the Sluice transform SDK (from `sluice plugin ne
 
 [lib]
 name = "sluice_sdk"
+
+[features]
+default = ["small-blocks"]
+# Free lists of small blocks in front of dlmalloc as the guest's global
+# allocator (see `SmallBlocks`). Turn off to use another allocator.
+small-blocks = []
 
 [dependencies]
 serde = { version = "1", features = ["derive"] }

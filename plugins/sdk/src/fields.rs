@@ -43,7 +43,24 @@ use crate::message::json_error;
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct JsonFields<'a> {
-    fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    fields: Vec<Field<'a>>,
+}
+
+/// One field of [`JsonFields`].
+#[derive(Clone, Debug)]
+struct Field<'a> {
+    name: Cow<'a, str>,
+    /// Whether `name` needs no escape in JSON: known for the names parsed
+    /// from the payload without escapes, checked once for the others.
+    plain: bool,
+    value: FieldValue<'a>,
+}
+
+impl<'a> Field<'a> {
+    fn new(name: Cow<'a, str>, value: FieldValue<'a>) -> Self {
+        let plain = name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+        Field { name, plain, value }
+    }
 }
 
 /// One field's value in [`JsonFields`]: the payload's own text, or a value
@@ -125,7 +142,7 @@ impl<'a> JsonFields<'a> {
 
     /// The field names, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.fields.iter().map(|(k, _)| k.as_ref())
+        self.fields.iter().map(|f| f.name.as_ref())
     }
 
     /// Whether a field named `name` exists.
@@ -135,7 +152,7 @@ impl<'a> JsonFields<'a> {
 
     /// The value of field `name`, as it is now.
     pub fn get(&self, name: &str) -> Option<&FieldValue<'a>> {
-        self.position(name).map(|i| &self.fields[i].1)
+        self.position(name).map(|i| &self.fields[i].value)
     }
 
     /// The value of field `name` parsed into a [`serde_json::Value`];
@@ -150,15 +167,15 @@ impl<'a> JsonFields<'a> {
         let name = name.into();
         let value = value.into();
         match self.position(&name) {
-            Some(i) => self.fields[i].1 = value,
-            None => self.fields.push((name, value)),
+            Some(i) => self.fields[i].value = value,
+            None => self.fields.push(Field::new(name, value)),
         }
     }
 
     /// Removes field `name` and returns its value; the other fields keep
     /// their order.
     pub fn remove(&mut self, name: &str) -> Option<FieldValue<'a>> {
-        self.position(name).map(|i| self.fields.remove(i).1)
+        self.position(name).map(|i| self.fields.remove(i).value)
     }
 
     /// The object as compact JSON text.
@@ -166,10 +183,10 @@ impl<'a> JsonFields<'a> {
         let guess: usize = self
             .fields
             .iter()
-            .map(|(k, v)| {
-                k.len()
+            .map(|f| {
+                f.name.len()
                     + 4
-                    + match v {
+                    + match &f.value {
                         FieldValue::Raw(raw) => raw.get().len(),
                         FieldValue::Value(_) => 16,
                     }
@@ -177,54 +194,73 @@ impl<'a> JsonFields<'a> {
             .sum();
         let mut out = Vec::with_capacity(guess + 2);
         out.push(b'{');
-        for (i, (name, value)) in self.fields.iter().enumerate() {
+        for (i, f) in self.fields.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_key(&mut out, name);
-            out.push(b':');
-            value.write(&mut out);
+            if f.plain {
+                out.push(b'"');
+                out.extend_from_slice(f.name.as_bytes());
+                out.extend_from_slice(b"\":");
+            } else {
+                write_json(&mut out, &f.name);
+                out.push(b':');
+            }
+            f.value.write(&mut out);
         }
         out.push(b'}');
         out
     }
 
     fn position(&self, name: &str) -> Option<usize> {
-        self.fields.iter().position(|(k, _)| k == name)
+        self.fields.iter().position(|f| same_name(&f.name, name))
     }
 
     /// Folds repeated keys into their first position with their last value.
     fn merge_duplicates(&mut self) {
         let n = self.fields.len();
         let repeated = if n <= 16 {
-            (1..n).any(|i| self.fields[..i].iter().any(|(k, _)| *k == self.fields[i].0))
+            (1..n).any(|i| {
+                let name = &self.fields[i].name;
+                self.fields[..i].iter().any(|f| same_name(&f.name, name))
+            })
         } else {
             let mut seen = HashSet::with_capacity(n);
-            !self.fields.iter().all(|(k, _)| seen.insert(k.as_ref()))
+            !self.fields.iter().all(|f| seen.insert(f.name.as_ref()))
         };
         if !repeated {
             return;
         }
-        let mut merged: Vec<(Cow<'a, str>, FieldValue<'a>)> = Vec::with_capacity(n);
-        for (name, value) in std::mem::take(&mut self.fields) {
-            match merged.iter_mut().find(|(k, _)| *k == name) {
-                Some(slot) => slot.1 = value,
-                None => merged.push((name, value)),
+        let mut merged: Vec<Field<'a>> = Vec::with_capacity(n);
+        for field in std::mem::take(&mut self.fields) {
+            match merged.iter_mut().find(|f| f.name == field.name) {
+                Some(slot) => slot.value = field.value,
+                None => merged.push(field),
             }
         }
         self.fields = merged;
     }
 }
 
-/// Writes a field name as a JSON string: as is when nothing in it needs an
-/// escape (the usual case), else through serde_json.
-fn write_key(out: &mut Vec<u8>, name: &str) {
-    if name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.push(b'"');
-    } else {
-        write_json(out, name);
+/// Whether two field names are equal. Field lookups compare a name with
+/// every field: names of 4 to 16 bytes are compared as two overlapping
+/// words, without a `memcmp` call (in WebAssembly a loop over bytes).
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    match a.len() {
+        8..=16 => {
+            a.first_chunk::<8>() == b.first_chunk::<8>()
+                && a.last_chunk::<8>() == b.last_chunk::<8>()
+        }
+        4..=7 => {
+            a.first_chunk::<4>() == b.first_chunk::<4>()
+                && a.last_chunk::<4>() == b.last_chunk::<4>()
+        }
+        _ => a.first() == b.first() && a == b,
     }
 }
 
@@ -272,7 +308,14 @@ impl<'de> Deserialize<'de> for JsonFields<'de> {
                 // telemetry object without growing.
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
                 while let Some((Key(name), raw)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    fields.push((name, FieldValue::Raw(raw)));
+                    // A name borrowed from the payload has no escapes, and
+                    // the parser refuses control characters: it is plain.
+                    let plain = matches!(name, Cow::Borrowed(_));
+                    fields.push(Field {
+                        name,
+                        plain,
+                        value: FieldValue::Raw(raw),
+                    });
                 }
                 Ok(JsonFields { fields })
             }
@@ -317,6 +360,23 @@ mod tests {
         assert_eq!(text(&fields), r#"{"b":"two","c":3,"d":{"k":[1]}}"#);
         assert_eq!(fields.len(), 3);
         assert!(fields.contains("c") && !fields.contains("a"));
+    }
+
+    #[test]
+    fn names_compare_equal_only_when_every_byte_is_equal() {
+        let name: String = ('a'..='z').chain('A'..='Z').collect();
+        for n in 0..=name.len() {
+            let a = &name[..n];
+            let copy = String::from(a);
+            assert!(same_name(a, &copy), "{a}");
+            for i in 0..n {
+                let mut b = a.as_bytes().to_vec();
+                b[i] = b'_';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same_name(a, &b), "{a} = {b}");
+            }
+            assert!(!same_name(a, &name[..n.saturating_sub(1)]) || n == 0);
+        }
     }
 
     #[test]

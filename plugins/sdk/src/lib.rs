@@ -84,12 +84,14 @@
 //! transform exactly as the host does, for tests of the whole contract.
 #![deny(missing_docs)]
 
+mod alloc;
 mod config;
 mod fields;
 pub mod log;
 mod message;
 mod runner;
 
+pub use alloc::SmallBlocks;
 pub use config::Config;
 pub use fields::{FieldValue, JsonFields};
 pub use message::{json_type_name, Header, Message, Qos};
@@ -97,6 +99,16 @@ pub use runner::Runner;
 
 /// Re-exported so that transforms and the SDK agree on one `serde_json`.
 pub use serde_json;
+
+/// The guest's allocator (see [`SmallBlocks`]); the `small-blocks` feature,
+/// on by default.
+#[cfg(all(
+    feature = "small-blocks",
+    target_arch = "wasm32",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: SmallBlocks = SmallBlocks::new();
 
 /// A transform: built once from its config, then called for every message.
 ///
