@@ -67,8 +67,9 @@ impl<'a> Field<'a> {
 /// the transform set.
 #[derive(Clone, Debug)]
 pub enum FieldValue<'a> {
-    /// The JSON text of the value as it was in the payload.
-    Raw(&'a RawValue),
+    /// The JSON text of the value as it was in the payload (valid JSON,
+    /// without the whitespace around it).
+    Raw(&'a str),
     /// A value set by the transform.
     Value(Value),
 }
@@ -79,7 +80,7 @@ impl FieldValue<'_> {
     pub fn to_value(&self) -> Result<Value, String> {
         match self {
             FieldValue::Raw(raw) => {
-                serde_json::from_str(raw.get()).map_err(|e| format!("payload is not JSON: {e}"))
+                serde_json::from_str(raw).map_err(|e| format!("payload is not JSON: {e}"))
             }
             FieldValue::Value(value) => Ok(value.clone()),
         }
@@ -89,14 +90,14 @@ impl FieldValue<'_> {
     /// [`Value::as_f64`], without building a `Value`).
     pub fn as_f64(&self) -> Option<f64> {
         match self {
-            FieldValue::Raw(raw) => serde_json::from_str(raw.get()).ok(),
+            FieldValue::Raw(raw) => serde_json::from_str(raw).ok(),
             FieldValue::Value(value) => value.as_f64(),
         }
     }
 
     fn write(&self, out: &mut Vec<u8>) {
         match self {
-            FieldValue::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            FieldValue::Raw(raw) => out.extend_from_slice(raw.as_bytes()),
             FieldValue::Value(value) => write_json(out, value),
         }
     }
@@ -117,7 +118,10 @@ impl<'a> JsonFields<'a> {
         // One UTF-8 check of the whole payload, so that the parser need not
         // check each string and raw value again.
         let parsed = match std::str::from_utf8(payload) {
-            Ok(text) => serde_json::from_str::<JsonFields<'a>>(text),
+            Ok(text) => match Scanner::object(text) {
+                Some(fields) => Ok(JsonFields { fields }),
+                None => serde_json::from_str::<JsonFields<'a>>(text),
+            },
             Err(_) => serde_json::from_slice::<JsonFields<'a>>(payload),
         };
         match parsed {
@@ -187,7 +191,7 @@ impl<'a> JsonFields<'a> {
                 f.name.len()
                     + 4
                     + match &f.value {
-                        FieldValue::Raw(raw) => raw.get().len(),
+                        FieldValue::Raw(raw) => raw.len(),
                         FieldValue::Value(_) => 16,
                     }
             })
@@ -314,13 +318,187 @@ impl<'de> Deserialize<'de> for JsonFields<'de> {
                     fields.push(Field {
                         name,
                         plain,
-                        value: FieldValue::Raw(raw),
+                        value: FieldValue::Raw(raw.get()),
                     });
                 }
                 Ok(JsonFields { fields })
             }
         }
         d.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// Deepest nesting of arrays and objects inside a field's value that
+/// [`Scanner`] checks itself; deeper values go to serde_json.
+const MAX_DEPTH: usize = 32;
+
+/// The fast path of [`JsonFields::parse`]: checks a JSON object's text in
+/// one pass and cuts it into fields, without serde_json's calls per token.
+/// It accepts only what serde_json accepts and cuts it the same way; it
+/// leaves to serde_json (by returning `None`) whatever it does not
+/// handle: invalid JSON (so that serde_json words the error), a backslash
+/// anywhere, values nested deeper than [`MAX_DEPTH`].
+struct Scanner<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    /// The fields of `text` when it is a JSON object this scanner handles.
+    fn object(text: &'a str) -> Option<Vec<Field<'a>>> {
+        let mut s = Scanner { text, at: 0 };
+        s.space();
+        s.eat(b'{')?;
+        s.space();
+        // serde_json gives no size hint either: 16 holds a usual telemetry
+        // object without growing.
+        let mut fields = Vec::with_capacity(16);
+        if s.eat(b'}').is_none() {
+            loop {
+                s.eat(b'"')?;
+                let name = s.string()?;
+                s.space();
+                s.eat(b':')?;
+                s.space();
+                let start = s.at;
+                s.value(MAX_DEPTH)?;
+                fields.push(Field {
+                    name: Cow::Borrowed(name),
+                    // No backslash, and `string` refuses control characters.
+                    plain: true,
+                    value: FieldValue::Raw(text.get(start..s.at)?),
+                });
+                s.space();
+                match s.next()? {
+                    b',' => s.space(),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        s.space();
+        (s.at == text.len()).then_some(fields)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        (self.peek()? == b).then(|| self.at += 1)
+    }
+
+    fn space(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    /// After an opening quote: the string's text, up to the closing quote
+    /// (consumed). `None` at a backslash or a control character.
+    fn string(&mut self) -> Option<&'a str> {
+        let start = self.at;
+        let bytes = self.text.as_bytes();
+        // Eight bytes at a time while none is a quote, a backslash or a
+        // control character (one step per byte costs an interruption
+        // check per byte in WebAssembly).
+        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+        const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+        let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        while let Some(word) = bytes.get(self.at..).and_then(|b| b.first_chunk::<8>()) {
+            let x = u64::from_ne_bytes(*word);
+            let special = zero_byte(x ^ (ONES * u64::from(b'"')))
+                | zero_byte(x ^ (ONES * u64::from(b'\\')))
+                | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+            if special != 0 {
+                break;
+            }
+            self.at += 8;
+        }
+        loop {
+            match self.next()? {
+                b'"' => return self.text.get(start..self.at - 1),
+                b'\\' | 0..=0x1f => return None,
+                _ => {}
+            }
+        }
+    }
+
+    fn digits(&mut self) -> Option<()> {
+        self.peek()?.is_ascii_digit().then_some(())?;
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+        Some(())
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn number(&mut self) -> Option<()> {
+        let _ = self.eat(b'-');
+        if self.eat(b'0').is_none() {
+            self.digits()?;
+        }
+        if self.eat(b'.').is_some() {
+            self.digits()?;
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            self.digits()?;
+        }
+        Some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.at + word.len();
+        (self.text.as_bytes().get(self.at..end)? == word).then(|| self.at = end)
+    }
+
+    fn value(&mut self, depth: usize) -> Option<()> {
+        match self.peek()? {
+            b'"' => {
+                self.at += 1;
+                self.string().map(drop)
+            }
+            b'-' | b'0'..=b'9' => self.number(),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            open @ (b'[' | b'{') => {
+                let depth = depth.checked_sub(1)?;
+                let close = if open == b'[' { b']' } else { b'}' };
+                self.at += 1;
+                self.space();
+                if self.eat(close).is_some() {
+                    return Some(());
+                }
+                loop {
+                    if open == b'{' {
+                        self.eat(b'"')?;
+                        self.string()?;
+                        self.space();
+                        self.eat(b':')?;
+                        self.space();
+                    }
+                    self.value(depth)?;
+                    self.space();
+                    match self.next()? {
+                        b',' => self.space(),
+                        b if b == close => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            _ => None,
+        }
     }
 }
 
@@ -355,11 +533,162 @@ mod tests {
         let mut fields = JsonFields::parse(br#"{"a":1,"b":2,"c":3}"#).unwrap();
         fields.insert("b", json!("two"));
         fields.insert("d", json!({"k": [1]}));
-        assert!(matches!(fields.remove("a"), Some(FieldValue::Raw(r)) if r.get() == "1"));
+        assert!(matches!(fields.remove("a"), Some(FieldValue::Raw("1"))));
         assert!(fields.remove("a").is_none());
         assert_eq!(text(&fields), r#"{"b":"two","c":3,"d":{"k":[1]}}"#);
         assert_eq!(fields.len(), 3);
         assert!(fields.contains("c") && !fields.contains("a"));
+    }
+
+    /// The fields serde_json cuts `text` into, as (name, raw value) pairs.
+    fn serde_fields(text: &str) -> Option<Vec<(String, String)>> {
+        let fields: JsonFields<'_> = serde_json::from_str(text).ok()?;
+        Some(
+            fields
+                .fields
+                .iter()
+                .map(|f| match &f.value {
+                    FieldValue::Raw(raw) => (f.name.to_string(), raw.to_string()),
+                    FieldValue::Value(_) => unreachable!("parsed values are raw"),
+                })
+                .collect(),
+        )
+    }
+
+    /// What the scanner makes of `text`, in the same shape.
+    fn scanned_fields(text: &str) -> Option<Vec<(String, String)>> {
+        Some(
+            Scanner::object(text)?
+                .iter()
+                .map(|f| match &f.value {
+                    FieldValue::Raw(raw) => (f.name.to_string(), raw.to_string()),
+                    FieldValue::Value(_) => unreachable!("scanned values are raw"),
+                })
+                .collect(),
+        )
+    }
+
+    /// The scanner accepts only what serde_json accepts, and cuts it the
+    /// same way.
+    fn agrees(text: &str) {
+        if let Some(scanned) = scanned_fields(text) {
+            assert_eq!(Some(scanned), serde_fields(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_scanner_cuts_objects_as_serde_json_does() {
+        for text in [
+            r#"{}"#,
+            " \t\r\n{ } \n",
+            r#"{"a":1}"#,
+            r#" { "a" : -0.5e+10 , "b":[1,[2,{"c":null}]],"d":{"e":"f"} , "g":true,"h":false}"#,
+            "{\"s\":\"plant-03/line-2 \u{e9}\",\"n\":3300,\"f\":-12.25E-3,\"z\":0}",
+            r#"{"long string of more than eight bytes":"and a value of more than eight too"}"#,
+            r#"{"a":[],"b":{},"c":[ ],"d":{ }}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"":""}"#,
+        ] {
+            assert!(scanned_fields(text).is_some(), "{text:?}");
+            agrees(text);
+        }
+    }
+
+    #[test]
+    fn the_scanner_leaves_invalid_and_unusual_text_to_serde_json() {
+        for text in [
+            "",
+            "[]",
+            r#"{"a":1,}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":-}"#,
+            r#"{"a":+1}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":nul}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":{"b"}}"#,
+            r#"{"a":1}x"#,
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            "{\"a\":\"tab\tinside\"}",
+            r#"{"a\"b":1}"#,
+            r#"{"a":"\n"}"#,
+            r#"{"a":1"#,
+            r#"{"a":"unterminated}"#,
+            "{\"a\":\"0123456789\u{1}abcdef\"}",
+            "{\"a\":\"01234567\u{1f}\"}",
+            r#"{"a":"0123456789abcdef\"}"#,
+        ] {
+            assert!(scanned_fields(text).is_none(), "{text:?}");
+        }
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(40), "]".repeat(40));
+        assert!(scanned_fields(&deep).is_none());
+        assert_eq!(
+            JsonFields::parse(deep.as_bytes())
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+    }
+
+    #[test]
+    fn the_scanner_agrees_with_serde_json_on_random_text() {
+        // Random texts over JSON's alphabet (xorshift, fixed seed): most are
+        // invalid, many valid; the scanner must never accept what
+        // serde_json refuses, nor cut it otherwise.
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            " ",
+            "\"",
+            "\"k\"",
+            "\"key\":",
+            "1",
+            "0",
+            "-",
+            ".",
+            "e",
+            "+",
+            "true",
+            "null",
+            "fals",
+            "\"v\\\"",
+            "\\",
+            "12.5",
+            "\t",
+            "\"long value here\"",
+            "\u{e9}",
+            "\"0123456789abcdef\"",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut accepted = 0;
+        for _ in 0..200_000 {
+            let mut text = String::from("{");
+            let n = (x % 12) as usize;
+            for _ in 0..n {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                text.push_str(pieces[(x % pieces.len() as u64) as usize]);
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(2) {
+                text.push('}');
+            }
+            agrees(&text);
+            accepted += usize::from(scanned_fields(&text).is_some());
+        }
+        assert!(accepted > 1000, "only {accepted} random texts were valid");
     }
 
     #[test]
