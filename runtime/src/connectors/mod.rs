@@ -109,6 +109,14 @@ pub trait Sink: Send + Sync + 'static {
     /// future is first polled: the engine hands over a whole batch, in
     /// order, and then awaits the results one by one.
     fn deliver(&self, msg: &Message) -> BoxFuture<'static, Result<(), DeliveryError>>;
+    /// Sends several messages, handed over in order when called; resolves
+    /// with one result per message, in order, once every one is settled.
+    /// The default hands each to [`deliver`](Self::deliver); a sink that
+    /// can wait for a whole batch at once overrides it.
+    fn deliver_all(&self, msgs: &[&Message]) -> BoxFuture<'static, Vec<Result<(), DeliveryError>>> {
+        let sent: Vec<_> = msgs.iter().map(|m| self.deliver(m)).collect();
+        Box::pin(futures::future::join_all(sent))
+    }
     /// Sends a failed input message to the dead-letter destination, if one
     /// is configured (`Ok(false)` when none is).
     fn dead_letter(

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::Serialize;
@@ -498,9 +497,10 @@ struct Settled {
 /// Delivers one batch's outputs and settles each input: one task per
 /// batch, not per message.
 ///
-/// Every output of the batch is handed to the sink first, in input order
-/// (the sink enqueues when called), then their results are awaited in the
-/// same order. A transient error is retried forever for that output; a
+/// Every output of the batch is handed to the sink in one
+/// [`Sink::deliver_all`], in input order (the sink enqueues when called),
+/// and their results come back together. A transient error is retried
+/// forever for that output; a
 /// permanent one fails its input, which goes through the error policy
 /// (the input's other outputs were already handed over). Inputs the chain
 /// failed go through the error policy too.
@@ -511,21 +511,30 @@ async fn settle_batch(
     policy: ErrorPolicy,
     batch: Vec<Done>,
 ) -> Vec<Settled> {
-    let sent: Vec<Vec<_>> = batch
+    let outputs: Vec<&Message> = batch
         .iter()
-        .map(|d| match &d.outcome {
-            Outcome::Deliver(outs) => outs.iter().map(|out| sink.deliver(out)).collect(),
-            Outcome::Failed(_) => Vec::new(),
+        .flat_map(|d| match &d.outcome {
+            Outcome::Deliver(outs) => outs.as_slice(),
+            Outcome::Failed(_) => &[],
         })
         .collect();
+    let sent = sink.deliver_all(&outputs);
+    drop(outputs);
+    let mut results = sent.await.into_iter();
     let mut settled = Vec::with_capacity(batch.len());
     let mut delivered = 0;
-    for (d, sent) in batch.into_iter().zip(sent) {
+    for d in batch {
         let failure = match d.outcome {
             Outcome::Failed(f) => Some(f),
             Outcome::Deliver(outs) => {
                 let mut failure = None;
-                for (out, first) in outs.iter().zip(sent) {
+                for out in &outs {
+                    let first = results.next().unwrap_or_else(|| {
+                        Err(DeliveryError {
+                            permanent: false,
+                            message: "the sink returned too few results".into(),
+                        })
+                    });
                     match deliver_retrying(&*sink, &metrics, &pipeline, out, first).await {
                         Ok(()) => delivered += 1,
                         Err(reason) => {
@@ -641,7 +650,7 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(ms).mul_f64(jitter)
 }
 
-/// Awaits `first`, the result of handing `m` to the sink, and hands it over
+/// Takes `first`, the result of handing `m` to the sink, and hands it over
 /// again after a transient error, with backoff, until it is delivered or
 /// fails for good.
 async fn deliver_retrying(
@@ -649,12 +658,12 @@ async fn deliver_retrying(
     metrics: &PipelineMetrics,
     pipeline: &PipelineLog,
     m: &Message,
-    first: BoxFuture<'static, Result<(), DeliveryError>>,
+    first: Result<(), DeliveryError>,
 ) -> Result<(), String> {
     let mut attempt = 0;
-    let mut sent = first;
+    let mut result = first;
     loop {
-        match sent.await {
+        match result {
             Ok(()) => return Ok(()),
             Err(e) => {
                 metrics.produce_errors.inc();
@@ -666,7 +675,7 @@ async fn deliver_retrying(
                 }
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
-                sent = sink.deliver(m);
+                result = sink.deliver(m).await;
             }
         }
     }

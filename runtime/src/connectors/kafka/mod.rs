@@ -4,15 +4,17 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -216,9 +218,114 @@ impl Routing {
     }
 }
 
+/// The producer: librdkafka's delivery reports go, on its polling thread,
+/// to the [`Reports`] of the call that sent each record.
+type KafkaProducer = ThreadedProducer<ReportTo>;
+
+/// The producer's context: hands each delivery report to its [`Slot`].
+struct ReportTo;
+
+impl ClientContext for ReportTo {}
+
+impl ProducerContext for ReportTo {
+    type DeliveryOpaque = Box<Slot>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, mut slot: Box<Slot>) {
+        slot.result = Some(match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(classify(e)),
+        });
+    }
+}
+
+/// The delivery results of one batch of records, filled in as librdkafka
+/// reports them: one allocation and one wake-up per batch, instead of a
+/// channel and a future per record.
+struct Reports {
+    state: Mutex<ReportState>,
+}
+
+struct ReportState {
+    results: Vec<Option<Result<(), DeliveryError>>>,
+    left: usize,
+    waker: Option<Waker>,
+}
+
+impl Reports {
+    fn new(n: usize) -> Arc<Self> {
+        Arc::new(Reports {
+            state: Mutex::new(ReportState {
+                results: (0..n).map(|_| None).collect(),
+                left: n,
+                waker: None,
+            }),
+        })
+    }
+
+    fn set(&self, index: usize, result: Result<(), DeliveryError>) {
+        let Ok(mut s) = self.state.lock() else { return };
+        let Some(slot) = s.results.get_mut(index) else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = Some(result);
+            s.left -= 1;
+            if s.left == 0 {
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// Resolves once every record has its result.
+    fn wait(self: Arc<Self>) -> BoxFuture<'static, Vec<Result<(), DeliveryError>>> {
+        futures::future::poll_fn(move |cx| {
+            let Ok(mut s) = self.state.lock() else {
+                return Poll::Ready(Vec::new());
+            };
+            if s.left > 0 {
+                s.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let results = std::mem::take(&mut s.results);
+            Poll::Ready(
+                results
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| Err(dropped())))
+                    .collect(),
+            )
+        })
+        .boxed()
+    }
+}
+
+/// One record's place in its [`Reports`]. Reports when dropped: the
+/// delivery report's result, or an error when librdkafka never delivered a
+/// report (the producer went away).
+struct Slot {
+    reports: Arc<Reports>,
+    index: usize,
+    result: Option<Result<(), DeliveryError>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let result = self.result.take().unwrap_or_else(|| Err(dropped()));
+        self.reports.set(self.index, result);
+    }
+}
+
+fn dropped() -> DeliveryError {
+    DeliveryError {
+        permanent: false,
+        message: "producer dropped the delivery report".into(),
+    }
+}
+
 /// The running Kafka sink.
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: KafkaProducer,
     routing: Routing,
     dead_letter_topic: Option<String>,
     mqtt_headers: bool,
@@ -257,8 +364,7 @@ impl KafkaSink {
         if let Some(b) = cfg.batch_size {
             cc.set("batch.size", b.to_string());
         }
-        let producer: FutureProducer = cc
-            .create()
+        let producer = KafkaProducer::from_config_and_context(&cc, ReportTo)
             .map_err(|e| ConnectorError(format!("cannot create Kafka producer: {e}")))?;
         let routing = Routing::new(cfg).map_err(|e| ConnectorError(e.to_string()))?;
         let (tx, rx) = watch::channel(false);
@@ -279,38 +385,76 @@ impl KafkaSink {
         })
     }
 
+    /// Hands one record to librdkafka; its result goes to `reports` at
+    /// `index` (at once when librdkafka refuses it).
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
+        reports: &Arc<Reports>,
+        index: usize,
         topic: &str,
         key: Option<&[u8]>,
         payload: &[u8],
         headers: OwnedHeaders,
         timestamp_ms: u64,
-    ) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .payload(payload)
-            .headers(headers)
-            .timestamp(timestamp_ms as i64);
+    ) {
+        let slot = Box::new(Slot {
+            reports: reports.clone(),
+            index,
+            result: None,
+        });
+        let mut rec: BaseRecord<'_, [u8], [u8], Box<Slot>> =
+            BaseRecord::with_opaque_to(topic, slot)
+                .payload(payload)
+                .headers(headers)
+                .timestamp(timestamp_ms as i64);
         if let Some(k) = key {
             rec = rec.key(k);
         }
-        match self.producer.send_result(rec) {
-            Ok(fut) => async move {
-                match fut.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(classify(&e)),
-                    Err(_) => Err(DeliveryError {
-                        permanent: false,
-                        message: "producer dropped the delivery report".into(),
+        if let Err((e, mut rec)) = self.producer.send(rec) {
+            rec.delivery_opaque.result = Some(Err(classify(&e)));
+        }
+    }
+
+    /// Hands one message to librdkafka for the sink's topic and key, with
+    /// its headers; its result goes to `reports` at `index`.
+    fn send_message(&self, reports: &Arc<Reports>, index: usize, msg: &Message) {
+        let (topic, key) = match (
+            self.routing.topic(msg, &self.pipeline),
+            self.routing.key(msg, &self.pipeline),
+        ) {
+            (Ok(t), Ok(k)) => (t, k),
+            (Err(e), _) | (_, Err(e)) => {
+                reports.set(
+                    index,
+                    Err(DeliveryError {
+                        permanent: true,
+                        message: e.to_string(),
                     }),
-                }
+                );
+                return;
             }
-            .boxed(),
-            Err((e, _)) => {
-                let err = classify(&e);
-                async move { Err(err) }.boxed()
+        };
+        let qos = [b'0' + msg.qos.level()];
+        let mut extra: Vec<(&str, &[u8])> = Vec::new();
+        if self.mqtt_headers {
+            extra.push(("mqtt.topic", msg.topic.as_bytes()));
+            extra.push(("mqtt.qos", &qos));
+            extra.push(("mqtt.retain", if msg.retain { b"true" } else { b"false" }));
+            if let Some(ct) = &msg.content_type {
+                extra.push(("content-type", ct.as_bytes()));
             }
         }
+        let headers = header_list(&msg.headers, &extra);
+        self.send(
+            reports,
+            index,
+            &topic,
+            key.as_deref(),
+            &msg.payload,
+            headers,
+            msg.timestamp_ms,
+        );
     }
 }
 
@@ -354,31 +498,16 @@ fn header_list(h: &[(String, String)], extra: &[(&str, &[u8])]) -> OwnedHeaders 
 
 impl Sink for KafkaSink {
     fn deliver(&self, msg: &Message) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let (topic, key) = match (
-            self.routing.topic(msg, &self.pipeline),
-            self.routing.key(msg, &self.pipeline),
-        ) {
-            (Ok(t), Ok(k)) => (t, k),
-            (Err(e), _) | (_, Err(e)) => return permanent(e.to_string()),
-        };
-        let qos = [b'0' + msg.qos.level()];
-        let mut extra: Vec<(&str, &[u8])> = Vec::new();
-        if self.mqtt_headers {
-            extra.push(("mqtt.topic", msg.topic.as_bytes()));
-            extra.push(("mqtt.qos", &qos));
-            extra.push(("mqtt.retain", if msg.retain { b"true" } else { b"false" }));
-            if let Some(ct) = &msg.content_type {
-                extra.push(("content-type", ct.as_bytes()));
-            }
+        let sent = self.deliver_all(&[msg]);
+        async move { sent.await.pop().unwrap_or_else(|| Err(dropped())) }.boxed()
+    }
+
+    fn deliver_all(&self, msgs: &[&Message]) -> BoxFuture<'static, Vec<Result<(), DeliveryError>>> {
+        let reports = Reports::new(msgs.len());
+        for (i, msg) in msgs.iter().enumerate() {
+            self.send_message(&reports, i, msg);
         }
-        let headers = header_list(&msg.headers, &extra);
-        self.send(
-            &topic,
-            key.as_deref(),
-            &msg.payload,
-            headers,
-            msg.timestamp_ms,
-        )
+        reports.wait()
     }
 
     fn dead_letter(
@@ -404,14 +533,24 @@ impl Sink for KafkaSink {
             ("mqtt.qos", &qos),
         ];
         let headers = header_list(&msg.headers, &extra);
-        let fut = self.send(
+        let reports = Reports::new(1);
+        self.send(
+            &reports,
+            0,
             &topic,
             msg.key.as_deref(),
             &msg.payload,
             headers,
             msg.timestamp_ms,
         );
-        async move { fut.await.map(|_| true) }.boxed()
+        let sent = reports.wait();
+        async move {
+            sent.await
+                .pop()
+                .unwrap_or_else(|| Err(dropped()))
+                .map(|()| true)
+        }
+        .boxed()
     }
 
     fn connected(&self) -> watch::Receiver<bool> {
@@ -427,18 +566,8 @@ impl Sink for KafkaSink {
     }
 }
 
-fn permanent(message: String) -> BoxFuture<'static, Result<(), DeliveryError>> {
-    async move {
-        Err(DeliveryError {
-            permanent: true,
-            message,
-        })
-    }
-    .boxed()
-}
-
 /// Marks the sink connected while broker metadata can be fetched.
-async fn probe(producer: FutureProducer, tx: watch::Sender<bool>, ctx: Context, brokers: String) {
+async fn probe(producer: KafkaProducer, tx: watch::Sender<bool>, ctx: Context, brokers: String) {
     let pipeline = ctx.pipeline.clone();
     let mut was = None;
     loop {
@@ -508,6 +637,39 @@ mod tests {
             .message
             .contains("at-least-once"));
         assert!(cfg(&[("message.max.bytes", "2000000")]).check().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_batch_resolves_once_every_record_reported_in_send_order() {
+        let reports = Reports::new(3);
+        let slot = |index| Slot {
+            reports: reports.clone(),
+            index,
+            result: None,
+        };
+        let (a, mut b, c) = (slot(0), slot(1), slot(2));
+        let mut wait = reports.clone().wait();
+        // Reports arrive out of order; the batch waits for the last one.
+        b.result = Some(Err(DeliveryError {
+            permanent: true,
+            message: "too large".into(),
+        }));
+        drop(b);
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        drop(c); // never reported: librdkafka dropped it
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        let mut a = a;
+        a.result = Some(Ok(()));
+        drop(a);
+        let results = wait.await;
+        assert!(results[0].is_ok());
+        assert!(results[1]
+            .as_ref()
+            .is_err_and(|e| e.permanent && e.message == "too large"));
+        assert!(results[2]
+            .as_ref()
+            .is_err_and(|e| !e.permanent && e.message.contains("dropped")));
     }
 
     #[test]
