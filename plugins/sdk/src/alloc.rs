@@ -41,8 +41,10 @@ struct State {
     cached: usize,
 }
 
-// SAFETY: compiled only for targets without threads (see the `cfg` where
-// this is declared the global allocator), so nothing shares it.
+// SAFETY: WebAssembly without the atomics feature has one thread, so
+// nothing shares it. On other targets it is not `Sync`, so it cannot be a
+// global allocator there (tests use it from one thread).
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 unsafe impl Sync for SmallBlocks {}
 
 impl SmallBlocks {

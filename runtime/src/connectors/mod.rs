@@ -106,8 +106,8 @@ pub trait Sink: Send + Sync + 'static {
     /// Sends one message; resolves once the destination acknowledged it.
     ///
     /// The message is handed over when `deliver` is called, not when the
-    /// future is first polled: the engine hands over a whole batch, in
-    /// order, and then awaits the results one by one.
+    /// future is first polled. The engine hands over each batch with
+    /// [`deliver_all`](Self::deliver_all) and uses `deliver` for retries.
     fn deliver(&self, msg: &Message) -> BoxFuture<'static, Result<(), DeliveryError>>;
     /// Sends several messages, handed over in order when called; resolves
     /// with one result per message, in order, once every one is settled.

@@ -267,14 +267,15 @@ impl Reports {
         let Some(slot) = s.results.get_mut(index) else {
             return;
         };
-        if slot.is_none() {
-            *slot = Some(result);
-            s.left -= 1;
-            if s.left == 0 {
-                if let Some(w) = s.waker.take() {
-                    w.wake();
-                }
-            }
+        if slot.is_some() {
+            return;
+        }
+        *slot = Some(result);
+        s.left -= 1;
+        let waker = if s.left == 0 { s.waker.take() } else { None };
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
@@ -301,8 +302,9 @@ impl Reports {
 }
 
 /// One record's place in its [`Reports`]. Reports when dropped: the
-/// delivery report's result, or an error when librdkafka never delivered a
-/// report (the producer went away).
+/// delivery report's result (set by [`ReportTo::delivery`]), the refusal
+/// when `send` hands the record back, or else an error saying that the
+/// producer dropped it.
 struct Slot {
     reports: Arc<Reports>,
     index: usize,
@@ -460,19 +462,22 @@ impl KafkaSink {
 
 fn classify(e: &KafkaError) -> DeliveryError {
     use RDKafkaErrorCode as C;
-    let permanent = matches!(
-        e.rdkafka_error_code(),
-        Some(
-            C::MessageSizeTooLarge
-                | C::InvalidMessageSize
-                | C::InvalidMessage
-                | C::InvalidRecord
-                | C::MessageBatchTooLarge
-                | C::TopicAuthorizationFailed
-                | C::InvalidTopic
-                | C::UnsupportedForMessageFormat
-        )
-    );
+    // A NUL byte in a topic, key or header name (a plugin's
+    // `kafka-topic`, say) never goes through.
+    let permanent = matches!(e, KafkaError::Nul(_))
+        || matches!(
+            e.rdkafka_error_code(),
+            Some(
+                C::MessageSizeTooLarge
+                    | C::InvalidMessageSize
+                    | C::InvalidMessage
+                    | C::InvalidRecord
+                    | C::MessageBatchTooLarge
+                    | C::TopicAuthorizationFailed
+                    | C::InvalidTopic
+                    | C::UnsupportedForMessageFormat
+            )
+        );
     DeliveryError {
         permanent,
         message: e.to_string(),
@@ -670,6 +675,14 @@ mod tests {
         assert!(results[2]
             .as_ref()
             .is_err_and(|e| !e.permanent && e.message.contains("dropped")));
+    }
+
+    #[test]
+    fn a_nul_byte_in_a_record_fails_it_for_good() {
+        let nul = std::ffi::CString::new("bad\0topic").unwrap_err();
+        assert!(classify(&KafkaError::Nul(nul)).permanent);
+        let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+        assert!(!classify(&full).permanent);
     }
 
     #[test]
