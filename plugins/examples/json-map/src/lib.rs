@@ -97,6 +97,8 @@ impl Unit {
 /// Reshapes JSON object payloads: see the crate documentation.
 pub struct JsonMap {
     settings: Settings,
+    /// `10^round`, the factor `convert` rounds with.
+    scale: Option<f64>,
 }
 
 impl Transform for JsonMap {
@@ -123,7 +125,8 @@ impl Transform for JsonMap {
         if settings.kafka_topic.as_deref() == Some("") {
             return Err("invalid config: `kafka_topic` is empty".into());
         }
-        Ok(Self { settings })
+        let scale = settings.round.map(|r| 10f64.powi(r as i32));
+        Ok(Self { settings, scale })
     }
 
     fn process(&mut self, mut msg: Message) -> Result<Vec<Message>, String> {
@@ -167,7 +170,7 @@ impl Transform for JsonMap {
         // 4. convert
         for (field, &unit) in &s.convert {
             if let Some(value) = fields.get(field) {
-                let converted = convert(field, value, unit, s.round)?;
+                let converted = convert(field, value, unit, self.scale)?;
                 fields.insert(field.as_str(), converted);
             }
         }
@@ -193,7 +196,7 @@ fn convert(
     field: &str,
     value: &FieldValue,
     unit: Unit,
-    round: Option<u32>,
+    scale: Option<f64>,
 ) -> Result<Value, String> {
     let x = match value.as_f64() {
         Some(x) => x,
@@ -205,8 +208,7 @@ fn convert(
         }
     };
     let mut y = unit.apply(x);
-    if let Some(decimals) = round {
-        let scale = 10f64.powi(decimals as i32);
+    if let Some(scale) = scale {
         y = (y * scale).round() / scale;
     }
     serde_json::Number::from_f64(y)
