@@ -58,7 +58,7 @@ struct Field<'a> {
 
 impl<'a> Field<'a> {
     fn new(name: Cow<'a, str>, value: FieldValue<'a>) -> Self {
-        let plain = name.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+        let plain = name.bytes().all(plain_byte);
         Field { name, plain, value }
     }
 }
@@ -328,6 +328,12 @@ impl<'de> Deserialize<'de> for JsonFields<'de> {
     }
 }
 
+/// Whether `b` can stand in a JSON string as it is: not a quote, a
+/// backslash or a control character (what serde_json escapes).
+fn plain_byte(b: u8) -> bool {
+    b >= 0x20 && b != b'"' && b != b'\\'
+}
+
 /// Deepest nesting of arrays and objects inside a field's value that
 /// [`Scanner`] checks itself; deeper values go to serde_json.
 const MAX_DEPTH: usize = 32;
@@ -424,8 +430,8 @@ impl<'a> Scanner<'a> {
         loop {
             match self.next()? {
                 b'"' => return self.text.get(start..self.at - 1),
-                b'\\' | 0..=0x1f => return None,
-                _ => {}
+                b if plain_byte(b) => {}
+                _ => return None,
             }
         }
     }

@@ -160,7 +160,11 @@ impl Message {
                 start = i + 1;
             }
         }
-        (level == index).then(|| self.topic.get(start..)).flatten()
+        if level == index {
+            self.topic.get(start..)
+        } else {
+            None
+        }
     }
 
     /// The value of the first header named `name`.

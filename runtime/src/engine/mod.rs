@@ -518,9 +518,7 @@ async fn settle_batch(
             Outcome::Failed(_) => &[],
         })
         .collect();
-    let sent = sink.deliver_all(&outputs);
-    drop(outputs);
-    let mut results = sent.await.into_iter();
+    let mut results = sink.deliver_all(&outputs).await.into_iter();
     let mut settled = Vec::with_capacity(batch.len());
     let mut delivered = 0;
     for d in batch {

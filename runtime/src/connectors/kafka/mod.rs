@@ -299,6 +299,13 @@ impl Reports {
         })
         .boxed()
     }
+
+    /// [`wait`](Self::wait) for a batch of one record.
+    fn wait_one(self: Arc<Self>) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        self.wait()
+            .map(|mut results| results.pop().unwrap_or_else(|| Err(dropped())))
+            .boxed()
+    }
 }
 
 /// One record's place in its [`Reports`]. Reports when dropped: the
@@ -387,18 +394,16 @@ impl KafkaSink {
         })
     }
 
-    /// Hands one record to librdkafka; its result goes to `reports` at
-    /// `index` (at once when librdkafka refuses it).
-    #[allow(clippy::too_many_arguments)]
+    /// Hands `msg`'s payload and time stamp to librdkafka as a record for
+    /// `topic`; its result goes to `reports` at `index` (at once when
+    /// librdkafka refuses it).
     fn send(
         &self,
-        reports: &Arc<Reports>,
-        index: usize,
+        (reports, index): (&Arc<Reports>, usize),
         topic: &str,
         key: Option<&[u8]>,
-        payload: &[u8],
+        msg: &Message,
         headers: OwnedHeaders,
-        timestamp_ms: u64,
     ) {
         let slot = Box::new(Slot {
             reports: reports.clone(),
@@ -407,9 +412,9 @@ impl KafkaSink {
         });
         let mut rec: BaseRecord<'_, [u8], [u8], Box<Slot>> =
             BaseRecord::with_opaque_to(topic, slot)
-                .payload(payload)
+                .payload(&msg.payload[..])
                 .headers(headers)
-                .timestamp(timestamp_ms as i64);
+                .timestamp(msg.timestamp_ms as i64);
         if let Some(k) = key {
             rec = rec.key(k);
         }
@@ -448,15 +453,7 @@ impl KafkaSink {
             }
         }
         let headers = header_list(&msg.headers, &extra);
-        self.send(
-            reports,
-            index,
-            &topic,
-            key.as_deref(),
-            &msg.payload,
-            headers,
-            msg.timestamp_ms,
-        );
+        self.send((reports, index), &topic, key.as_deref(), msg, headers);
     }
 }
 
@@ -503,8 +500,9 @@ fn header_list(h: &[(String, String)], extra: &[(&str, &[u8])]) -> OwnedHeaders 
 
 impl Sink for KafkaSink {
     fn deliver(&self, msg: &Message) -> BoxFuture<'static, Result<(), DeliveryError>> {
-        let sent = self.deliver_all(&[msg]);
-        async move { sent.await.pop().unwrap_or_else(|| Err(dropped())) }.boxed()
+        let reports = Reports::new(1);
+        self.send_message(&reports, 0, msg);
+        reports.wait_one()
     }
 
     fn deliver_all(&self, msgs: &[&Message]) -> BoxFuture<'static, Vec<Result<(), DeliveryError>>> {
@@ -539,23 +537,8 @@ impl Sink for KafkaSink {
         ];
         let headers = header_list(&msg.headers, &extra);
         let reports = Reports::new(1);
-        self.send(
-            &reports,
-            0,
-            &topic,
-            msg.key.as_deref(),
-            &msg.payload,
-            headers,
-            msg.timestamp_ms,
-        );
-        let sent = reports.wait();
-        async move {
-            sent.await
-                .pop()
-                .unwrap_or_else(|| Err(dropped()))
-                .map(|()| true)
-        }
-        .boxed()
+        self.send((&reports, 0), &topic, msg.key.as_deref(), msg, headers);
+        reports.wait_one().map(|r| r.map(|()| true)).boxed()
     }
 
     fn connected(&self) -> watch::Receiver<bool> {
