@@ -1,7 +1,7 @@
 //! Reading Kafka topics back (and producing to them) with rdkafka, without
 //! consumer groups: the reader assigns every partition from the beginning.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -106,12 +106,58 @@ impl Record {
 /// Reads one topic from the beginning of every partition, incrementally.
 /// The topic may not exist yet: the reader assigns its partitions as soon as
 /// the broker's metadata shows them.
+///
+/// Every offset is read exactly once, in spite of a race in tansu: when two
+/// producers write to one partition at once, tansu raises the high watermark
+/// for a batch before it stores that batch, so a fetch in between skips the
+/// batch's offsets. The reader notices the hole (a record above the next
+/// expected offset), seeks back to it until it fills, and drops the offsets
+/// it read twice. A topic with genuine holes (compaction, transaction
+/// markers) makes the reader seek back until its deadline; no test has one.
 pub struct TopicReader {
     consumer: BaseConsumer,
     topic: String,
     assigned: bool,
     records: Vec<Record>,
+    progress: HashMap<i32, Progress>,
     last_error: Option<String>,
+}
+
+/// What a [`TopicReader`] has read of one partition.
+#[derive(Debug)]
+struct Progress {
+    /// Every offset below this one has been read.
+    next: i64,
+    /// Offsets read above `next`: non-empty means a hole at `next`.
+    ahead: BTreeSet<i64>,
+    /// When the reader last sought back to `next`.
+    sought: Option<Instant>,
+}
+
+/// How often a [`TopicReader`] seeks back to a hole while it stays open.
+const HOLE_RETRY: Duration = Duration::from_millis(20);
+
+impl Progress {
+    /// Records that `offset` was read; false if it had been read before.
+    fn read(&mut self, offset: i64) -> bool {
+        if offset < self.next || !self.ahead.insert(offset) {
+            return false;
+        }
+        while self.ahead.remove(&self.next) {
+            self.next += 1;
+        }
+        true
+    }
+
+    /// The offset to seek back to, if there is a hole and the last seek is
+    /// not recent.
+    fn hole(&mut self, now: Instant) -> Option<i64> {
+        if self.ahead.is_empty() || self.sought.is_some_and(|at| now - at < HOLE_RETRY) {
+            return None;
+        }
+        self.sought = Some(now);
+        Some(self.next)
+    }
 }
 
 impl std::fmt::Debug for TopicReader {
@@ -150,6 +196,7 @@ impl TopicReader {
             topic: topic.to_owned(),
             assigned: false,
             records: Vec::new(),
+            progress: HashMap::new(),
             last_error: None,
         }
     }
@@ -179,16 +226,66 @@ impl TopicReader {
             return false;
         }
         let mut assignment = TopicPartitionList::new();
+        let mut progress = HashMap::new();
         for partition in topic.partitions() {
+            let (low, _high) = match self.consumer.fetch_watermarks(
+                &self.topic,
+                partition.id(),
+                Duration::from_secs(2),
+            ) {
+                Ok(watermarks) => watermarks,
+                Err(err) => {
+                    self.last_error = Some(format!("watermarks: {err}"));
+                    return false;
+                }
+            };
+            progress.insert(
+                partition.id(),
+                Progress {
+                    next: low,
+                    ahead: BTreeSet::new(),
+                    sought: None,
+                },
+            );
             assignment
-                .add_partition_offset(&self.topic, partition.id(), Offset::Beginning)
+                .add_partition_offset(&self.topic, partition.id(), Offset::Offset(low))
                 .expect("add partition to assignment");
         }
         self.consumer
             .assign(&assignment)
             .expect("assign partitions");
+        self.progress = progress;
         self.assigned = true;
         true
+    }
+
+    /// Keeps `record` unless its offset was read before.
+    fn accept(&mut self, record: Record) {
+        let partition = record.partition;
+        let Some(progress) = self.progress.get_mut(&partition) else {
+            self.last_error = Some(format!("a record of unassigned partition {partition}"));
+            return;
+        };
+        if progress.read(record.offset) {
+            self.records.push(record);
+        }
+    }
+
+    /// Seeks every partition with a hole back to it (see the type's doc).
+    fn seek_holes(&mut self) {
+        let now = Instant::now();
+        for (&partition, progress) in &mut self.progress {
+            if let Some(offset) = progress.hole(now) {
+                if let Err(err) = self.consumer.seek(
+                    &self.topic,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(1),
+                ) {
+                    self.last_error = Some(format!("seek to hole {partition}@{offset}: {err}"));
+                }
+            }
+        }
     }
 
     /// Reads whatever arrives during `duration`; returns how many records
@@ -231,11 +328,16 @@ impl TopicReader {
                 std::thread::sleep(slice.min(Duration::from_millis(50)));
                 continue;
             }
-            match self.consumer.poll(slice) {
-                Some(Ok(message)) => self.records.push(Record::from_message(&message)),
+            let polled = self
+                .consumer
+                .poll(slice)
+                .map(|polled| polled.map(|message| Record::from_message(&message)));
+            match polled {
+                Some(Ok(record)) => self.accept(record),
                 Some(Err(err)) => self.last_error = Some(err.to_string()),
                 None => {}
             }
+            self.seek_holes();
         }
     }
 
@@ -339,4 +441,40 @@ pub fn count_by<K: std::hash::Hash + Eq>(
         *counts.entry(key(record)).or_insert(0) += 1;
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress() -> Progress {
+        Progress {
+            next: 0,
+            ahead: BTreeSet::new(),
+            sought: None,
+        }
+    }
+
+    #[test]
+    fn a_hole_is_sought_back_to_until_it_fills_and_offsets_read_twice_are_dropped() {
+        let mut read = progress();
+        let start = Instant::now();
+        assert!(read.read(0));
+        assert_eq!(read.hole(start), None);
+        // Offsets 1 and 2 are not there yet when 3 and 4 arrive.
+        assert!(read.read(3));
+        assert!(read.read(4));
+        assert_eq!(read.hole(start), Some(1));
+        assert_eq!(read.hole(start), None, "not again within {HOLE_RETRY:?}");
+        assert_eq!(read.hole(start + HOLE_RETRY), Some(1));
+        // The re-read brings the hole and the offsets after it again.
+        assert!(read.read(1));
+        assert!(read.read(2));
+        assert!(!read.read(3));
+        assert!(!read.read(4));
+        assert!(!read.read(0));
+        assert_eq!(read.next, 5);
+        assert_eq!(read.hole(start + HOLE_RETRY * 3), None);
+        assert!(read.read(5));
+    }
 }
