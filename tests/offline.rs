@@ -89,3 +89,95 @@ fn compiled_plugins_are_cached_and_a_corrupt_cache_entry_is_ignored() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+#[test]
+fn sluice_test_keeps_each_inputs_outputs_together_and_in_order_through_a_chain() {
+    // json-split makes several messages of one input; json-filter, the last
+    // stage, drops some of them: every record must still name its input,
+    // in input order, with an input's records in element order.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("chain.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+apiVersion: sluice/v1
+name: chain
+source:
+  mqtt:
+    url: mqtt://127.0.0.1:1883
+    client_id: offline-chain
+    topics:
+      - filter: gateways/#
+transforms:
+  - name: split
+    plugin: {split}
+    config: {{ field: readings, inherit: [gateway] }}
+  - name: keep
+    plugin: {filter}
+    config: {{ field: value, op: exists }}
+sink:
+  kafka:
+    brokers: 127.0.0.1:9092
+    topic: readings
+errors:
+  dead_letter_topic: chain.dlq
+"#,
+            split = sluice_tests::plugin("json_split").display(),
+            filter = sluice_tests::plugin("json_filter").display(),
+        ),
+    )
+    .expect("write config");
+    let inputs = dir.path().join("in.jsonl");
+    std::fs::write(
+        &inputs,
+        [
+            r#"{"topic": "gateways/g1", "payload": {"gateway": "g1", "readings": [{"value": 1}, {"x": 0}, {"value": 2}]}}"#,
+            r#"{"topic": "gateways/g2", "payload": {"gateway": "g2", "readings": []}}"#,
+            r#"{"topic": "gateways/g3", "payload": "not json"}"#,
+            r#"{"topic": "gateways/g4", "payload": {"gateway": "g4", "readings": [{"value": 3}]}}"#,
+            r#"{"topic": "gateways/g5", "payload": {"gateway": "g5", "readings": [{"x": 0}]}}"#,
+            r#"{"topic": "gateways/g6", "payload": {"gateway": "g6", "readings": [{"value": 4}, {"value": 5}]}}"#,
+        ]
+        .join("\n"),
+    )
+    .expect("write inputs");
+    let cache = tempfile::tempdir().expect("temp dir");
+    let out = sluice(
+        &[
+            "test",
+            config.to_str().expect("utf-8 path"),
+            "--input",
+            inputs.to_str().expect("utf-8 path"),
+        ],
+        cache.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sluice test failed:\n{stderr}");
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let seen: Vec<(u64, String)> = records
+        .iter()
+        .map(|r| {
+            let what = match r.get("dead_letter") {
+                Some(d) => format!("dead letter from {}", d["transform"]),
+                None => format!("{} {}", r["payload"]["gateway"], r["payload"]["value"]),
+            };
+            (r["input"].as_u64().expect("input index"), what)
+        })
+        .collect();
+    let expected: Vec<(u64, String)> = [
+        (0, r#""g1" 1"#),
+        (0, r#""g1" 2"#),
+        (2, r#"dead letter from "split""#),
+        (3, r#""g4" 3"#),
+        (5, r#""g6" 4"#),
+        (5, r#""g6" 5"#),
+    ]
+    .into_iter()
+    .map(|(input, what)| (input, what.to_owned()))
+    .collect();
+    assert_eq!(seen, expected, "{records:#?}");
+}

@@ -217,6 +217,7 @@ mod native {
 
     use bytes::Bytes;
     use sluice::message::{Message, Qos};
+    use sluice::wasm::chain::Outputs;
 
     /// json-map without Wasm.
     pub struct JsonMap(sluice_sdk::Runner<json_map::JsonMap>);
@@ -230,7 +231,7 @@ mod native {
 
         /// Copies each message in (as the host copies it into the guest),
         /// runs the batch, and copies the results out.
-        pub fn process(&mut self, batch: &[Message]) -> Vec<Result<Vec<Message>, String>> {
+        pub fn process(&mut self, batch: &[Message]) -> Vec<Result<Outputs, String>> {
             let input = batch.iter().map(to_sdk).collect();
             self.0
                 .process(input)

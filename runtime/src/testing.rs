@@ -127,15 +127,19 @@ pub fn run_chain(
     let SinkConfig::Kafka(k) = &p.sink;
     let routing = Routing::new(k).map_err(|e| TestError::Chain(e.to_string()))?;
     let mut out = Vec::new();
-    for (i, outcome) in chain.run(inputs).into_iter().enumerate() {
+    for (i, (outcome, input)) in chain.run(inputs).into_iter().zip(inputs).enumerate() {
         match outcome {
-            Outcome::Deliver(msgs) => {
-                for m in msgs {
-                    let topic = match routing.topic(&m, &p.name) {
+            Outcome::Failed(f) => out.push(json!({
+                "input": i,
+                "dead_letter": { "transform": f.transform, "error": f.reason },
+            })),
+            delivered => {
+                for m in delivered.outputs(input).unwrap_or_default() {
+                    let topic = match routing.topic(m, &p.name) {
                         Ok(t) => Value::String(t),
                         Err(e) => json!({ "error": e.to_string() }),
                     };
-                    let key = match routing.key(&m, &p.name) {
+                    let key = match routing.key(m, &p.name) {
                         Ok(Some(k)) => Value::String(String::from_utf8_lossy(&k).into_owned()),
                         Ok(None) | Err(_) => Value::Null,
                     };
@@ -148,10 +152,6 @@ pub fn run_chain(
                     }));
                 }
             }
-            Outcome::Failed(f) => out.push(json!({
-                "input": i,
-                "dead_letter": { "transform": f.transform, "error": f.reason },
-            })),
         }
     }
     Ok(out)

@@ -293,10 +293,7 @@ pub async fn run_with(
                 let (seqs, msgs): (Vec<u64>, Vec<Message>) = batch.items.into_iter().unzip();
                 let outcomes = match chain.as_mut() {
                     Some(c) => c.run(&msgs),
-                    None => msgs
-                        .iter()
-                        .map(|m| Outcome::Deliver(vec![m.clone()]))
-                        .collect(),
+                    None => msgs.iter().map(|_| Outcome::Forward).collect(),
                 };
                 let done = seqs
                     .into_iter()
@@ -513,10 +510,7 @@ async fn settle_batch(
 ) -> Vec<Settled> {
     let outputs: Vec<&Message> = batch
         .iter()
-        .flat_map(|d| match &d.outcome {
-            Outcome::Deliver(outs) => outs.as_slice(),
-            Outcome::Failed(_) => &[],
-        })
+        .flat_map(|d| d.outcome.outputs(&d.input).unwrap_or_default())
         .collect();
     let mut results = sink.deliver_all(&outputs).await.into_iter();
     let mut settled = Vec::with_capacity(batch.len());
@@ -524,9 +518,9 @@ async fn settle_batch(
     for d in batch {
         let failure = match d.outcome {
             Outcome::Failed(f) => Some(f),
-            Outcome::Deliver(outs) => {
+            ref outcome => {
                 let mut failure = None;
-                for out in &outs {
+                for out in outcome.outputs(&d.input).unwrap_or_default() {
                     let first = results.next().unwrap_or_else(|| {
                         Err(DeliveryError {
                             permanent: false,

@@ -4,6 +4,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
+use smallvec::SmallVec;
+
 use super::{Instance, Plugin, WasmError, WasmHost};
 use crate::config::TransformConfig;
 use crate::connectors::Failure;
@@ -13,13 +15,31 @@ use crate::metrics::TransformMetrics;
 /// The traps metric's kind for results that break the contract or limits.
 const INVALID: &str = "invalid";
 
+/// The messages one input became. Most transforms return one message per
+/// input, which then needs no allocation of its own.
+pub type Outputs = SmallVec<[Message; 1]>;
+
 /// What became of one input message.
 #[derive(Debug)]
 pub enum Outcome {
     /// Deliver these (none: dropped on purpose by a transform).
-    Deliver(Vec<Message>),
+    Deliver(Outputs),
+    /// Deliver the input itself, unchanged (a pipeline without transforms).
+    Forward,
     /// Failed: send the input down the error path.
     Failed(Failure),
+}
+
+impl Outcome {
+    /// What to deliver for `input`, whose outcome this is; `None` when it
+    /// failed.
+    pub fn outputs<'a>(&'a self, input: &'a Message) -> Option<&'a [Message]> {
+        match self {
+            Outcome::Deliver(outs) => Some(outs),
+            Outcome::Forward => Some(std::slice::from_ref(input)),
+            Outcome::Failed(_) => None,
+        }
+    }
 }
 
 struct Stage {
@@ -65,11 +85,15 @@ impl Chain {
     /// Runs `batch` through every transform.
     pub fn run(&mut self, batch: &[Message]) -> Vec<Outcome> {
         let mut failed: Vec<Option<Failure>> = vec![None; batch.len()];
+        // What each input became so far: the last stage's outputs go
+        // straight here, without being regrouped.
+        let mut outs: Vec<Outputs> = (0..batch.len()).map(|_| Outputs::new()).collect();
         // Messages flowing between stages and the input each came from; the
         // first stage reads the batch itself, no copy.
         let mut origins: Vec<usize> = (0..batch.len()).collect();
         let mut msgs: Cow<'_, [Message]> = Cow::Borrowed(batch);
-        for stage in &mut self.stages {
+        let last = self.stages.len().saturating_sub(1);
+        for (index, stage) in self.stages.iter_mut().enumerate() {
             if msgs.is_empty() {
                 break;
             }
@@ -78,20 +102,31 @@ impl Chain {
             if let Some(m) = &stage.metrics {
                 m.duration.observe(started.elapsed().as_secs_f64());
             }
-            let mut next_origins = Vec::with_capacity(msgs.len());
-            let mut next = Vec::with_capacity(msgs.len());
+            let mut next_origins = Vec::new();
+            let mut next = Vec::new();
+            if index != last {
+                next_origins.reserve(msgs.len());
+                next.reserve(msgs.len());
+            }
             match result {
                 Ok(results) => {
                     for (&origin, r) in origins.iter().zip(results) {
                         match r {
-                            Ok(outs) if outs.is_empty() => {
+                            Ok(o) if o.is_empty() => {
                                 if let Some(m) = &stage.metrics {
                                     m.dropped.inc();
                                 }
                             }
-                            Ok(outs) => {
-                                next_origins.extend(std::iter::repeat_n(origin, outs.len()));
-                                next.extend(outs);
+                            Ok(o) if index == last => {
+                                if outs[origin].is_empty() {
+                                    outs[origin] = o;
+                                } else {
+                                    outs[origin].extend(o);
+                                }
+                            }
+                            Ok(o) => {
+                                next_origins.extend(std::iter::repeat_n(origin, o.len()));
+                                next.extend(o);
                             }
                             Err(reason) => {
                                 failed[origin].get_or_insert(Failure {
@@ -116,10 +151,6 @@ impl Chain {
             origins = next_origins;
             msgs = Cow::Owned(next);
         }
-        let mut outs: Vec<Vec<Message>> = vec![Vec::new(); batch.len()];
-        for (origin, m) in origins.into_iter().zip(msgs.into_owned()) {
-            outs[origin].push(m);
-        }
         failed
             .into_iter()
             .zip(outs)
@@ -140,7 +171,7 @@ impl Stage {
         &mut self,
         pipeline: &str,
         msgs: &[Message],
-    ) -> Result<Vec<Result<Vec<Message>, String>>, String> {
+    ) -> Result<Vec<Result<Outputs, String>>, String> {
         if self.instance.is_none() {
             match Instance::new(&self.plugin, pipeline, &self.cfg) {
                 Ok(i) => self.instance = Some(i),

@@ -43,6 +43,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config::{Capability, Limits, Pos, TransformConfig};
 use crate::message::{Message, Qos};
+use chain::Outputs;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -101,7 +102,7 @@ pub struct CallError {
 #[derive(Debug)]
 pub struct Processed {
     /// One per input, in order: its outputs, or why it failed.
-    pub results: Vec<Result<Vec<Message>, String>>,
+    pub results: Vec<Result<Outputs, String>>,
     /// How many of those inputs failed because their outputs broke
     /// `limits.max_outputs` or `limits.max_output_bytes` (counted as
     /// `invalid` traps; the instance stays usable).
