@@ -48,8 +48,9 @@ impl std::fmt::Debug for WindowSlot {
 
 /// Acknowledges messages back to a source. Called in arrival order.
 pub trait Acker: Send + Sync + 'static {
-    /// Acknowledges one message; `slot` is released when the ack has left.
-    fn ack(&self, token: AckToken, slot: WindowSlot);
+    /// Acknowledges these messages, in this order; each `slot` is released
+    /// when its ack has left. One call per settled batch, not per message.
+    fn ack(&self, acks: Vec<(AckToken, WindowSlot)>);
 
     /// False when the message can no longer be acked and the source will
     /// deliver it again (e.g. it came on a connection that has since been

@@ -15,7 +15,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -448,10 +448,19 @@ pub async fn run_with(
                                 t.settle(s.seq, &mut released);
                             }
                         }
-                        for r in released.drain(..) {
-                            acker.ack(r.token, connectors::WindowSlot::new(r.permit));
-                            metrics.in_flight.dec();
-                            metrics.e2e.observe(r.received.elapsed().as_secs_f64());
+                        if !released.is_empty() {
+                            let now = Instant::now();
+                            metrics.in_flight.sub(released.len() as i64);
+                            let acks = released
+                                .drain(..)
+                                .map(|r| {
+                                    metrics
+                                        .e2e
+                                        .observe(now.saturating_duration_since(r.received).as_secs_f64());
+                                    (r.token, connectors::WindowSlot::new(r.permit))
+                                })
+                                .collect();
+                            acker.ack(acks);
                         }
                     },
                     else => break,

@@ -37,8 +37,11 @@ type Headers = Vec<(String, String)>;
 struct Acks(Mutex<Vec<AckToken>>);
 
 impl Acker for Acks {
-    fn ack(&self, token: AckToken, _slot: WindowSlot) {
-        self.0.lock().unwrap().push(token);
+    fn ack(&self, acks: Vec<(AckToken, WindowSlot)>) {
+        self.0
+            .lock()
+            .unwrap()
+            .extend(acks.into_iter().map(|(token, _slot)| token));
     }
 }
 

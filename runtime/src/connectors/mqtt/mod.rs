@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{AckToken, Acker, ConnectorError, Context, Inbound, SourceHandle, WindowSlot};
 use crate::config::{Delivery, FieldError, Secret};
-use session::{handshake, write_loop, Codec, ConnectSpec, In, Out};
+use session::{handshake, write_loop, Ack, Codec, ConnectSpec, In, Out};
 
 /// MQTT protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -320,21 +320,27 @@ impl Acker for MqttAcker {
         }
     }
 
-    fn ack(&self, token: AckToken, slot: WindowSlot) {
-        let qos = (token >> QOS_SHIFT) & 0xff;
-        if !self.manual || qos == 0 {
+    fn ack(&self, acks: Vec<(AckToken, WindowSlot)>) {
+        if !self.manual {
             return;
         }
         let Ok(w) = self.writer.lock() else { return };
-        if let Some((gen, tx)) = w.as_ref() {
-            if *gen == token >> GEN_SHIFT {
-                let pkid = token as u16;
-                let _ = tx.send(Out::Ack {
-                    pkid,
+        let Some((gen, tx)) = w.as_ref() else { return };
+        // Acks of an earlier connection cannot be sent: the broker
+        // redelivers those messages. Their slots are dropped here.
+        let acks: Vec<Ack> = acks
+            .into_iter()
+            .filter_map(|(token, slot)| {
+                let qos = (token >> QOS_SHIFT) & 0xff;
+                (qos > 0 && *gen == token >> GEN_SHIFT).then(|| Ack {
+                    pkid: token as u16,
                     qos2: qos == 2,
                     slot,
-                });
-            }
+                })
+            })
+            .collect();
+        if !acks.is_empty() {
+            let _ = tx.send(Out::Acks(acks));
         }
     }
 }
@@ -599,6 +605,14 @@ async fn read_phase(
 ) -> Result<(), String> {
     let mut closing = s.shared.closing.subscribe();
     let limit = s.spec.keep_alive * 2;
+    // At-most-once acks of what was read, written together before the next
+    // wait rather than one channel send and socket write each.
+    let mut on_receipt: Vec<Ack> = Vec::new();
+    let flush = |acks: &mut Vec<Ack>| {
+        if !acks.is_empty() {
+            let _ = out.send(Out::Acks(std::mem::take(acks)));
+        }
+    };
     loop {
         while let Some(p) = codec.decode(&mut buf)? {
             match p {
@@ -609,7 +623,7 @@ async fn read_phase(
                     }
                     if !s.ctx.at_least_once && qos > 0 {
                         // at-most-once: acked on receipt.
-                        let _ = out.send(Out::Ack {
+                        on_receipt.push(Ack {
                             pkid,
                             qos2: qos == 2,
                             slot: WindowSlot::new(None),
@@ -629,6 +643,7 @@ async fn read_phase(
                         Err(mpsc::error::TrySendError::Full(inbound)) => inbound,
                     };
                     // Waiting here is the backpressure: the socket is not read.
+                    flush(&mut on_receipt);
                     let mut close_now = false;
                     tokio::select! {
                         r = s.tx.send(inbound) => if r.is_err() {
@@ -665,6 +680,7 @@ async fn read_phase(
                 _ => {}
             }
         }
+        flush(&mut on_receipt);
         buf.reserve(64 * 1024);
         let n = tokio::select! {
             r = tokio::time::timeout(limit, rd.read_buf(&mut buf)) => r

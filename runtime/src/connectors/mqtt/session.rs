@@ -82,19 +82,23 @@ pub enum In {
     Other,
 }
 
+/// The ack of one settled message.
+#[derive(Debug)]
+pub struct Ack {
+    /// Packet id.
+    pub pkid: u16,
+    /// QoS 2: send PUBREC.
+    pub qos2: bool,
+    /// The message's slot of the in-flight window, released once the ack is
+    /// written.
+    pub slot: crate::connectors::WindowSlot,
+}
+
 /// A packet to send, protocol-neutral.
 #[derive(Debug)]
 pub enum Out {
-    /// PUBACK (QoS 1) or PUBREC (QoS 2) of a settled message; `slot` is
-    /// released once the ack is written.
-    Ack {
-        /// Packet id.
-        pkid: u16,
-        /// QoS 2: send PUBREC.
-        qos2: bool,
-        /// The message's slot of the in-flight window.
-        slot: crate::connectors::WindowSlot,
-    },
+    /// PUBACKs (QoS 1) or PUBRECs (QoS 2) of settled messages, in order.
+    Acks(Vec<Ack>),
     /// Last ack of a QoS 2 publish.
     PubComp(u16),
     /// Subscribe to these filters.
@@ -184,12 +188,17 @@ impl Codec {
             Protocol::V311 => {
                 use rumqttc::{PubAck, PubComp, PubRec, Subscribe, SubscribeFilter};
                 let p = match out {
-                    Out::Ack {
-                        pkid, qos2: false, ..
-                    } => rumqttc::Packet::PubAck(PubAck::new(*pkid)),
-                    Out::Ack {
-                        pkid, qos2: true, ..
-                    } => rumqttc::Packet::PubRec(PubRec::new(*pkid)),
+                    Out::Acks(acks) => {
+                        for ack in acks {
+                            let p = if ack.qos2 {
+                                rumqttc::Packet::PubRec(PubRec::new(ack.pkid))
+                            } else {
+                                rumqttc::Packet::PubAck(PubAck::new(ack.pkid))
+                            };
+                            p.write(buf, usize::MAX).map_err(|e| e.to_string())?;
+                        }
+                        return Ok(());
+                    }
                     Out::PubComp(id) => rumqttc::Packet::PubComp(PubComp::new(*id)),
                     Out::Subscribe(topics) => {
                         let mut s = Subscribe::new_many(
@@ -213,12 +222,17 @@ impl Codec {
                     PubRec, Subscribe,
                 };
                 let p = match out {
-                    Out::Ack {
-                        pkid, qos2: false, ..
-                    } => Packet::PubAck(PubAck::new(*pkid, None)),
-                    Out::Ack {
-                        pkid, qos2: true, ..
-                    } => Packet::PubRec(PubRec::new(*pkid, None)),
+                    Out::Acks(acks) => {
+                        for ack in acks {
+                            let p = if ack.qos2 {
+                                Packet::PubRec(PubRec::new(ack.pkid, None))
+                            } else {
+                                Packet::PubAck(PubAck::new(ack.pkid, None))
+                            };
+                            p.write(buf, None).map_err(|e| e.to_string())?;
+                        }
+                        return Ok(());
+                    }
                     Out::PubComp(id) => Packet::PubComp(PubComp::new(*id, None)),
                     Out::Subscribe(topics) => {
                         let mut s = Subscribe::new_many(
@@ -415,8 +429,8 @@ pub async fn write_loop(
             }
             codec.encode(&o, pkid, &mut buf)?;
             let disconnect = matches!(o, Out::Disconnect);
-            if let Out::Ack { slot, .. } = o {
-                slots.push(slot);
+            if let Out::Acks(acks) = o {
+                slots.extend(acks.into_iter().map(|ack| ack.slot));
             }
             if disconnect {
                 done = true;
@@ -465,18 +479,26 @@ mod tests {
             let mut buf = BytesMut::new();
             codec.connect(&spec(protocol), &mut buf).unwrap();
             assert!(!buf.is_empty());
-            let ack = |pkid, qos2| Out::Ack {
+            let ack = |pkid, qos2| Ack {
                 pkid,
                 qos2,
                 slot: crate::connectors::WindowSlot::new(None),
             };
-            for out in [
-                ack(7, false),
-                ack(8, true),
-                Out::PubComp(9),
-                Out::PingReq,
-                Out::Disconnect,
-            ] {
+            // A batch of acks encodes as its acks one after the other:
+            // PUBACK for QoS 1, PUBREC for QoS 2.
+            let mut both = BytesMut::new();
+            codec
+                .encode(&Out::Acks(vec![ack(7, false), ack(8, true)]), 1, &mut both)
+                .unwrap();
+            let mut apart = BytesMut::new();
+            for one in [ack(7, false), ack(8, true)] {
+                codec.encode(&Out::Acks(vec![one]), 1, &mut apart).unwrap();
+            }
+            assert_eq!(both, apart);
+            let second = 2 + usize::from(both[1]);
+            assert_eq!((both[0], both[2], both[3]), (0x40, 0, 7), "{both:?}");
+            assert_eq!((both[second], both[second + 3]), (0x50, 8), "{both:?}");
+            for out in [Out::PubComp(9), Out::PingReq, Out::Disconnect] {
                 let mut b = BytesMut::new();
                 codec.encode(&out, 1, &mut b).unwrap();
                 assert!(b.len() >= 2, "{out:?}");
