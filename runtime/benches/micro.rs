@@ -12,6 +12,13 @@
 //!   with the plugin checks (compiled plugins cached on disk, as at a
 //!   restart).
 //! - `template/...`: rendering Kafka topic and key templates.
+//! - `engine/{none,json_map}`: the whole engine between a source and a
+//!   sink, without brokers: messages already queued at an in-memory source,
+//!   batched, run through the transform thread (none, or json-map), handed
+//!   to a sink that reports every record delivered at once, settled and
+//!   acked, in an at-least-once pipeline with a window of 1000. Per message:
+//!   the host's own cost, which end-to-end runs on a shared VM cannot
+//!   resolve below about 10 %.
 //!
 //! ```sh
 //! (cd plugins && cargo build --release)
@@ -204,10 +211,175 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     transforms(&mut c);
+    engine::engine(&mut c, &plugin("json_map"), JSON_MAP_CONFIG, batch);
     config(&mut c);
     templates(&mut c);
     c.final_summary();
     per_message_summary(&dir);
+}
+
+mod engine {
+    //! The engine between an in-memory source and an instant sink.
+
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use criterion::{Criterion, Throughput};
+    use futures::future::BoxFuture;
+    use futures::FutureExt;
+    use sluice::connectors::{
+        AckToken, Acker, DeliveryError, Failure, Inbound, Sink, SourceHandle, WindowSlot,
+    };
+    use sluice::engine::{run_with, Status};
+    use sluice::message::Message;
+    use sluice::metrics::Metrics;
+    use sluice::wasm::WasmHost;
+    use tokio::sync::{mpsc, watch, Notify};
+
+    /// Messages per measured round.
+    const ROUND: usize = 20_000;
+
+    /// Reports every record delivered at once.
+    struct InstantSink(watch::Receiver<bool>);
+
+    impl Sink for InstantSink {
+        fn deliver(&self, _msg: &Message) -> BoxFuture<'static, Result<(), DeliveryError>> {
+            async { Ok(()) }.boxed()
+        }
+
+        fn deliver_all(
+            &self,
+            msgs: &[&Message],
+        ) -> BoxFuture<'static, Vec<Result<(), DeliveryError>>> {
+            let results = vec![Ok(()); msgs.len()];
+            async move { results }.boxed()
+        }
+
+        fn dead_letter(
+            &self,
+            _msg: &Message,
+            _failure: &Failure,
+        ) -> BoxFuture<'static, Result<bool, DeliveryError>> {
+            async { Ok(true) }.boxed()
+        }
+
+        fn connected(&self) -> watch::Receiver<bool> {
+            self.0.clone()
+        }
+
+        fn flush(&self, _timeout: Duration) -> BoxFuture<'static, ()> {
+            async {}.boxed()
+        }
+    }
+
+    /// Counts acks and wakes the round when it has them all.
+    #[derive(Default)]
+    struct CountingAcker {
+        acked: AtomicUsize,
+        goal: AtomicUsize,
+        done: Notify,
+    }
+
+    impl Acker for CountingAcker {
+        fn ack(&self, acks: Vec<(AckToken, WindowSlot)>) {
+            let acked = self.acked.fetch_add(acks.len(), Ordering::AcqRel) + acks.len();
+            if acked >= self.goal.load(Ordering::Acquire) {
+                self.done.notify_one();
+            }
+        }
+    }
+
+    fn pipeline(transforms: &str) -> sluice::config::Pipeline {
+        let yaml = format!(
+            "apiVersion: sluice/v1\n\
+             name: bench\n\
+             max_in_flight: 1000\n\
+             batch: {{ max_messages: 256, max_wait_ms: 5 }}\n\
+             source:\n  mqtt:\n    url: mqtt://127.0.0.1:1883\n    client_id: bench\n    topics:\n      - filter: sensors/#\n        qos: 1\n\
+             {transforms}\
+             sink:\n  kafka:\n    brokers: 127.0.0.1:9092\n    topic: telemetry\n    key: \"{{{{topic.1}}}}\"\n"
+        );
+        sluice::config::load_str(Path::new("bench.yaml"), &yaml, |_| None)
+            .expect("the engine benchmark's pipeline is valid")
+    }
+
+    /// Runs `engine/none` and `engine/json_map`: each measured round pushes
+    /// [`ROUND`] copies of `batch`'s messages and waits for all their acks.
+    pub fn engine(
+        c: &mut Criterion,
+        json_map: &Path,
+        json_map_config: &str,
+        batch: fn(usize) -> Vec<Message>,
+    ) {
+        let messages = batch(1000);
+        let map = format!(
+            "transforms:\n  - name: normalise\n    plugin: \"{}\"\n    config: {json_map_config}\n",
+            json_map.display()
+        );
+        let mut group = c.benchmark_group("engine");
+        group.throughput(Throughput::Elements(ROUND as u64));
+        group.sample_size(10);
+        for (name, transforms) in [("none", String::new()), ("json_map", map)] {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let p = pipeline(&transforms);
+            let host = Arc::new(WasmHost::new(None).expect("wasm engine"));
+            let metrics = Metrics::new();
+            let status = Arc::new(Status::new(
+                "bench",
+                Arc::new(metrics.pipeline("bench", &[])),
+            ));
+            let (tx, rx) = mpsc::channel(4096);
+            let acker = Arc::new(CountingAcker::default());
+            let (_connected_tx, connected) = watch::channel(true);
+            let (shutdown, shutdown_rx) = watch::channel(false);
+            let source = SourceHandle {
+                messages: rx,
+                acker: acker.clone(),
+                connected: connected.clone(),
+                stop_intake: Box::new(|| {}),
+                close: Box::new(|| async {}.boxed()),
+            };
+            let sink: Arc<dyn Sink> = Arc::new(InstantSink(connected));
+            let pipeline = runtime.spawn(async move {
+                run_with(&p, &host, &status, shutdown_rx, move |_| Ok((sink, source))).await
+            });
+            let mut sent = 0usize;
+            group.bench_function(name, |b| {
+                b.iter_custom(|rounds| {
+                    let started = Instant::now();
+                    for _ in 0..rounds {
+                        let goal = sent + ROUND;
+                        acker.goal.store(goal, Ordering::Release);
+                        runtime.block_on(async {
+                            for i in 0..ROUND {
+                                let msg = messages[i % messages.len()].clone();
+                                let token = (1u64 << 32) | ((sent + i) as u64 & 0xffff);
+                                tx.send(Inbound { msg, token })
+                                    .await
+                                    .expect("engine running");
+                            }
+                            while acker.acked.load(Ordering::Acquire) < goal {
+                                acker.done.notified().await;
+                            }
+                        });
+                        sent = goal;
+                    }
+                    started.elapsed()
+                })
+            });
+            shutdown.send_replace(true);
+            runtime
+                .block_on(pipeline)
+                .expect("pipeline task")
+                .expect("pipeline ends cleanly");
+        }
+        group.finish();
+    }
 }
 
 #[cfg(feature = "bench-native")]
