@@ -229,14 +229,26 @@ pub async fn supervise(
     status.set(State::Stopped, None);
 }
 
+/// Messages on their way to the transform thread, and back with what
+/// became of each. Kept as columns: a message is moved in once and out
+/// once, not unzipped into the chain's slice and zipped back.
 struct Batch {
-    items: Vec<(u64, Message)>,
+    /// The tracker's sequence number of each message.
+    seqs: Vec<u64>,
+    /// The messages, in arrival order.
+    msgs: Vec<Message>,
+    /// One per message once the chain ran; empty before.
+    outcomes: Vec<Outcome>,
 }
 
-struct Done {
-    seq: u64,
-    input: Message,
-    outcome: Outcome,
+impl Batch {
+    fn with_capacity(n: usize) -> Batch {
+        Batch {
+            seqs: Vec::with_capacity(n),
+            msgs: Vec::with_capacity(n),
+            outcomes: Vec::new(),
+        }
+    }
 }
 
 /// Runs one pipeline until shutdown; returns an error if it cannot start.
@@ -274,7 +286,7 @@ pub async fn run_with(
 
     // Transform thread: owns the Wasm instances (sync wasmtime calls).
     let (batch_tx, mut batch_rx) = mpsc::channel::<Batch>(2);
-    let (done_tx, mut done_rx) = mpsc::channel::<Vec<Done>>(2);
+    let (done_tx, mut done_rx) = mpsc::channel::<Batch>(2);
     let (mut chain, chain_metrics) = control::build_chain(host, p, &metrics).await?;
     metrics.set_transforms(chain_metrics);
     let (swap_tx, swap_rx) = std::sync::mpsc::channel::<Option<Chain>>();
@@ -284,28 +296,17 @@ pub async fn run_with(
         // RUST_MIN_STACK says.
         .stack_size(8 << 20)
         .spawn(move || {
-            while let Some(batch) = batch_rx.blocking_recv() {
+            while let Some(mut batch) = batch_rx.blocking_recv() {
                 // A reload swaps the chain between two batches: every
                 // message runs through exactly one version of it.
                 while let Ok(next) = swap_rx.try_recv() {
                     chain = next;
                 }
-                let (seqs, msgs): (Vec<u64>, Vec<Message>) = batch.items.into_iter().unzip();
-                let outcomes = match chain.as_mut() {
-                    Some(c) => c.run(&msgs),
-                    None => msgs.iter().map(|_| Outcome::Forward).collect(),
+                batch.outcomes = match chain.as_mut() {
+                    Some(c) => c.run(&batch.msgs),
+                    None => batch.msgs.iter().map(|_| Outcome::Forward).collect(),
                 };
-                let done = seqs
-                    .into_iter()
-                    .zip(msgs)
-                    .zip(outcomes)
-                    .map(|((seq, input), outcome)| Done {
-                        seq,
-                        input,
-                        outcome,
-                    })
-                    .collect();
-                if done_tx.blocking_send(done).is_err() {
+                if done_tx.blocking_send(batch).is_err() {
                     break;
                 }
             }
@@ -354,12 +355,12 @@ pub async fn run_with(
             // not one per message.
             let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
             while !stopping {
-                let mut items = Vec::with_capacity(max);
-                while items.len() < max {
+                let mut batch = Batch::with_capacity(max);
+                while batch.msgs.len() < max {
                     let permit = match window.clone().try_acquire_owned() {
                         Ok(p) => p,
                         // Window full: send what we hold rather than sit on it.
-                        Err(_) if !items.is_empty() => break,
+                        Err(_) if !batch.msgs.is_empty() => break,
                         Err(_) => tokio::select! {
                             biased;
                             _ = shutdown.wait_for(|s| *s) => { stopping = true; break }
@@ -384,7 +385,7 @@ pub async fn run_with(
                             biased;
                             _ = shutdown.wait_for(|s| *s) => { stopping = true; break }
                             m = messages.recv() => m,
-                            _ = &mut timer, if !items.is_empty() => break,
+                            _ = &mut timer, if !batch.msgs.is_empty() => break,
                         },
                     };
                     let Some(Inbound { msg, token }) = next else {
@@ -402,14 +403,15 @@ pub async fn run_with(
                         stopping = true;
                         break;
                     };
-                    if items.is_empty() {
+                    if batch.msgs.is_empty() {
                         timer.as_mut().reset(tokio::time::Instant::now() + wait);
                     }
-                    items.push((seq, msg));
+                    batch.seqs.push(seq);
+                    batch.msgs.push(msg);
                 }
                 // Messages taken from the source are always processed, also
                 // when stopping: they are in the tracker, awaiting acks.
-                if !items.is_empty() && batch_tx.send(Batch { items }).await.is_err() {
+                if !batch.msgs.is_empty() && batch_tx.send(batch).await.is_err() {
                     break;
                 }
             }
@@ -515,21 +517,27 @@ async fn settle_batch(
     metrics: Arc<PipelineMetrics>,
     pipeline: Arc<PipelineLog>,
     policy: ErrorPolicy,
-    batch: Vec<Done>,
+    batch: Batch,
 ) -> Vec<Settled> {
-    let outputs: Vec<&Message> = batch
+    let Batch {
+        seqs,
+        msgs,
+        outcomes,
+    } = batch;
+    let outputs: Vec<&Message> = msgs
         .iter()
-        .flat_map(|d| d.outcome.outputs(&d.input).unwrap_or_default())
+        .zip(&outcomes)
+        .flat_map(|(input, outcome)| outcome.outputs(input).unwrap_or_default())
         .collect();
     let mut results = sink.deliver_all(&outputs).await.into_iter();
-    let mut settled = Vec::with_capacity(batch.len());
+    let mut settled = Vec::with_capacity(seqs.len());
     let mut delivered = 0;
-    for d in batch {
-        let failure = match d.outcome {
+    for ((seq, input), outcome) in seqs.into_iter().zip(&msgs).zip(outcomes) {
+        let failure = match outcome {
             Outcome::Failed(f) => Some(f),
             ref outcome => {
                 let mut failure = None;
-                for out in outcome.outputs(&d.input).unwrap_or_default() {
+                for out in outcome.outputs(input).unwrap_or_default() {
                     let first = results.next().unwrap_or_else(|| {
                         Err(DeliveryError {
                             permanent: false,
@@ -551,10 +559,10 @@ async fn settle_batch(
             }
         };
         settled.push(Settled {
-            seq: d.seq,
+            seq,
             fatal: match failure {
                 None => None,
-                Some(f) => apply_policy(&*sink, &metrics, &pipeline, policy, &d.input, f).await,
+                Some(f) => apply_policy(&*sink, &metrics, &pipeline, policy, input, f).await,
             },
         });
     }
