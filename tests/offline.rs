@@ -181,3 +181,71 @@ errors:
     .collect();
     assert_eq!(seen, expected, "{records:#?}");
 }
+
+#[test]
+fn sluice_test_without_transforms_gives_every_input_unchanged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("plain.yaml");
+    std::fs::write(
+        &config,
+        r#"
+apiVersion: sluice/v1
+name: plain
+source:
+  mqtt:
+    url: mqtt://127.0.0.1:1883
+    client_id: offline-plain
+    topics:
+      - filter: sensors/#
+sink:
+  kafka:
+    brokers: 127.0.0.1:9092
+    topic: "{{topic.1}}"
+"#,
+    )
+    .expect("write config");
+    let inputs = dir.path().join("in.jsonl");
+    std::fs::write(
+        &inputs,
+        concat!(
+            r#"{"topic": "sensors/a", "payload": {"t": 1}}"#,
+            "\n",
+            r#"{"topic": "sensors/b", "payload": "not json"}"#,
+        ),
+    )
+    .expect("write inputs");
+    let cache = tempfile::tempdir().expect("temp dir");
+    let out = sluice(
+        &[
+            "test",
+            config.to_str().expect("utf-8 path"),
+            "--input",
+            inputs.to_str().expect("utf-8 path"),
+        ],
+        cache.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sluice test failed:\n{stderr}");
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let seen: Vec<(u64, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["input"].as_u64().expect("input index"),
+                r["topic"].as_str().unwrap_or_default().to_owned(),
+                r["payload"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (0, "a".to_owned(), r#"{"t":1}"#.to_owned()),
+            (1, "b".to_owned(), r#""not json""#.to_owned()),
+        ],
+        "{records:#?}"
+    );
+}

@@ -132,14 +132,33 @@ struct Progress {
     ahead: BTreeSet<i64>,
     /// When the reader last sought back to `next`.
     sought: Option<Instant>,
+    /// The highest offset read when it did, until the re-read from the
+    /// hole reaches it again: the reader seeks back again only then, so a
+    /// long tail after a hole is read to its end, not restarted.
+    rereading_to: Option<i64>,
 }
 
 /// How often a [`TopicReader`] seeks back to a hole while it stays open.
 const HOLE_RETRY: Duration = Duration::from_millis(20);
+/// How long a re-read may take to come back to where it started before
+/// the reader seeks back to the hole anyway.
+const REREAD_LIMIT: Duration = Duration::from_secs(1);
 
 impl Progress {
+    fn new(next: i64) -> Progress {
+        Progress {
+            next,
+            ahead: BTreeSet::new(),
+            sought: None,
+            rereading_to: None,
+        }
+    }
+
     /// Records that `offset` was read; false if it had been read before.
     fn read(&mut self, offset: i64) -> bool {
+        if self.rereading_to.is_some_and(|to| offset >= to) {
+            self.rereading_to = None;
+        }
         if offset < self.next || !self.ahead.insert(offset) {
             return false;
         }
@@ -149,13 +168,18 @@ impl Progress {
         true
     }
 
-    /// The offset to seek back to, if there is a hole and the last seek is
-    /// not recent.
+    /// The offset to seek back to, if there is a hole, the last re-read is
+    /// done (or overdue) and the last seek is not recent.
     fn hole(&mut self, now: Instant) -> Option<i64> {
-        if self.ahead.is_empty() || self.sought.is_some_and(|at| now - at < HOLE_RETRY) {
+        let since = self.sought.map(|at| now - at);
+        if self.ahead.is_empty()
+            || since.is_some_and(|since| since < HOLE_RETRY)
+            || (self.rereading_to.is_some() && since.is_some_and(|since| since < REREAD_LIMIT))
+        {
             return None;
         }
         self.sought = Some(now);
+        self.rereading_to = self.ahead.last().copied();
         Some(self.next)
     }
 }
@@ -239,14 +263,10 @@ impl TopicReader {
                     return false;
                 }
             };
-            progress.insert(
-                partition.id(),
-                Progress {
-                    next: low,
-                    ahead: BTreeSet::new(),
-                    sought: None,
-                },
-            );
+            // -1: the broker does not know; librdkafka would read that as
+            // the end of the partition.
+            let low = low.max(0);
+            progress.insert(partition.id(), Progress::new(low));
             assignment
                 .add_partition_offset(&self.topic, partition.id(), Offset::Offset(low))
                 .expect("add partition to assignment");
@@ -341,7 +361,8 @@ impl TopicReader {
         }
     }
 
-    /// Everything read so far, in the order read.
+    /// Everything read so far, in the order read: records of a hole that
+    /// filled late come after higher offsets of their partition.
     pub fn records(&self) -> &[Record] {
         &self.records
     }
@@ -448,11 +469,7 @@ mod tests {
     use super::*;
 
     fn progress() -> Progress {
-        Progress {
-            next: 0,
-            ahead: BTreeSet::new(),
-            sought: None,
-        }
+        Progress::new(0)
     }
 
     #[test]
@@ -466,7 +483,14 @@ mod tests {
         assert!(read.read(4));
         assert_eq!(read.hole(start), Some(1));
         assert_eq!(read.hole(start), None, "not again within {HOLE_RETRY:?}");
-        assert_eq!(read.hole(start + HOLE_RETRY), Some(1));
+        // Not again before the re-read has come back to offset 4 ...
+        assert_eq!(read.hole(start + HOLE_RETRY), None);
+        assert!(!read.read(3));
+        assert!(!read.read(4));
+        // ... unless it takes longer than REREAD_LIMIT.
+        assert_eq!(read.hole(start + HOLE_RETRY * 2), Some(1));
+        assert_eq!(read.hole(start + HOLE_RETRY * 3), None);
+        assert_eq!(read.hole(start + HOLE_RETRY * 2 + REREAD_LIMIT), Some(1));
         // The re-read brings the hole and the offsets after it again.
         assert!(read.read(1));
         assert!(read.read(2));
@@ -474,7 +498,7 @@ mod tests {
         assert!(!read.read(4));
         assert!(!read.read(0));
         assert_eq!(read.next, 5);
-        assert_eq!(read.hole(start + HOLE_RETRY * 3), None);
+        assert_eq!(read.hole(start + REREAD_LIMIT * 3), None, "no hole left");
         assert!(read.read(5));
     }
 }

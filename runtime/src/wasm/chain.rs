@@ -84,6 +84,9 @@ impl Chain {
 
     /// Runs `batch` through every transform.
     pub fn run(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        if self.stages.is_empty() {
+            return batch.iter().map(|_| Outcome::Forward).collect();
+        }
         let mut failed: Vec<Option<Failure>> = vec![None; batch.len()];
         // What each input became so far: the last stage's outputs go
         // straight here, without being regrouped.

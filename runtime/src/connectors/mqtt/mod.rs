@@ -593,6 +593,27 @@ async fn drain_to_eof(rd: &mut tokio::io::ReadHalf<Box<dyn session::Io>>) -> Res
     }
 }
 
+/// At-most-once acks gathered while decoding one socket read; sent on
+/// [`ReceiptAcks::flush`] and when dropped.
+struct ReceiptAcks<'a> {
+    acks: Vec<Ack>,
+    out: &'a mpsc::UnboundedSender<Out>,
+}
+
+impl ReceiptAcks<'_> {
+    fn flush(&mut self) {
+        if !self.acks.is_empty() {
+            let _ = self.out.send(Out::Acks(std::mem::take(&mut self.acks)));
+        }
+    }
+}
+
+impl Drop for ReceiptAcks<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// Reads one connection until it fails (`Err`) or we are closing (`Ok`).
 async fn read_phase(
     s: &LoopState,
@@ -606,12 +627,11 @@ async fn read_phase(
     let mut closing = s.shared.closing.subscribe();
     let limit = s.spec.keep_alive * 2;
     // At-most-once acks of what was read, written together before the next
-    // wait rather than one channel send and socket write each.
-    let mut on_receipt: Vec<Ack> = Vec::new();
-    let flush = |acks: &mut Vec<Ack>| {
-        if !acks.is_empty() {
-            let _ = out.send(Out::Acks(std::mem::take(acks)));
-        }
+    // wait rather than one channel send and socket write each (and on
+    // every way out: the messages are already the engine's).
+    let mut on_receipt = ReceiptAcks {
+        acks: Vec::new(),
+        out,
     };
     loop {
         while let Some(p) = codec.decode(&mut buf)? {
@@ -623,7 +643,7 @@ async fn read_phase(
                     }
                     if !s.ctx.at_least_once && qos > 0 {
                         // at-most-once: acked on receipt.
-                        on_receipt.push(Ack {
+                        on_receipt.acks.push(Ack {
                             pkid,
                             qos2: qos == 2,
                             slot: WindowSlot::new(None),
@@ -643,7 +663,7 @@ async fn read_phase(
                         Err(mpsc::error::TrySendError::Full(inbound)) => inbound,
                     };
                     // Waiting here is the backpressure: the socket is not read.
-                    flush(&mut on_receipt);
+                    on_receipt.flush();
                     let mut close_now = false;
                     tokio::select! {
                         r = s.tx.send(inbound) => if r.is_err() {
@@ -680,7 +700,7 @@ async fn read_phase(
                 _ => {}
             }
         }
-        flush(&mut on_receipt);
+        on_receipt.flush();
         buf.reserve(64 * 1024);
         let n = tokio::select! {
             r = tokio::time::timeout(limit, rd.read_buf(&mut buf)) => r
