@@ -142,22 +142,7 @@ errors:
         .join("\n"),
     )
     .expect("write inputs");
-    let cache = tempfile::tempdir().expect("temp dir");
-    let out = sluice(
-        &[
-            "test",
-            config.to_str().expect("utf-8 path"),
-            "--input",
-            inputs.to_str().expect("utf-8 path"),
-        ],
-        cache.path(),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "sluice test failed:\n{stderr}");
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect();
+    let records = sluice_test_records(&config, &inputs);
     let seen: Vec<(u64, String)> = records
         .iter()
         .map(|r| {
@@ -214,22 +199,7 @@ sink:
         ),
     )
     .expect("write inputs");
-    let cache = tempfile::tempdir().expect("temp dir");
-    let out = sluice(
-        &[
-            "test",
-            config.to_str().expect("utf-8 path"),
-            "--input",
-            inputs.to_str().expect("utf-8 path"),
-        ],
-        cache.path(),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "sluice test failed:\n{stderr}");
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect();
+    let records = sluice_test_records(&config, &inputs);
     let seen: Vec<(u64, String, String)> = records
         .iter()
         .map(|r| {
@@ -248,4 +218,28 @@ sink:
         ],
         "{records:#?}"
     );
+}
+
+/// Runs `sluice test CONFIG --input INPUTS`, which must succeed, and
+/// returns its records (one JSON value per stdout line).
+fn sluice_test_records(
+    config: &std::path::Path,
+    inputs: &std::path::Path,
+) -> Vec<serde_json::Value> {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let out = sluice(
+        &[
+            "test",
+            config.to_str().expect("utf-8 path"),
+            "--input",
+            inputs.to_str().expect("utf-8 path"),
+        ],
+        cache.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sluice test failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
 }
