@@ -95,12 +95,8 @@ fn sluice_test_keeps_each_inputs_outputs_together_and_in_order_through_a_chain()
     // json-split makes several messages of one input; json-filter, the last
     // stage, drops some of them: every record must still name its input,
     // in input order, with an input's records in element order.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("chain.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let config = format!(
+        r#"
 apiVersion: sluice/v1
 name: chain
 source:
@@ -123,25 +119,17 @@ sink:
 errors:
   dead_letter_topic: chain.dlq
 "#,
-            split = sluice_tests::plugin("json_split").display(),
-            filter = sluice_tests::plugin("json_filter").display(),
-        ),
-    )
-    .expect("write config");
-    let inputs = dir.path().join("in.jsonl");
-    std::fs::write(
-        &inputs,
-        [
-            r#"{"topic": "gateways/g1", "payload": {"gateway": "g1", "readings": [{"value": 1}, {"x": 0}, {"value": 2}]}}"#,
-            r#"{"topic": "gateways/g2", "payload": {"gateway": "g2", "readings": []}}"#,
-            r#"{"topic": "gateways/g3", "payload": "not json"}"#,
-            r#"{"topic": "gateways/g4", "payload": {"gateway": "g4", "readings": [{"value": 3}]}}"#,
-            r#"{"topic": "gateways/g5", "payload": {"gateway": "g5", "readings": [{"x": 0}]}}"#,
-            r#"{"topic": "gateways/g6", "payload": {"gateway": "g6", "readings": [{"value": 4}, {"value": 5}]}}"#,
-        ]
-        .join("\n"),
-    )
-    .expect("write inputs");
+        split = sluice_tests::plugin("json_split").display(),
+        filter = sluice_tests::plugin("json_filter").display(),
+    );
+    let inputs = [
+        r#"{"topic": "gateways/g1", "payload": {"gateway": "g1", "readings": [{"value": 1}, {"x": 0}, {"value": 2}]}}"#,
+        r#"{"topic": "gateways/g2", "payload": {"gateway": "g2", "readings": []}}"#,
+        r#"{"topic": "gateways/g3", "payload": "not json"}"#,
+        r#"{"topic": "gateways/g4", "payload": {"gateway": "g4", "readings": [{"value": 3}]}}"#,
+        r#"{"topic": "gateways/g5", "payload": {"gateway": "g5", "readings": [{"x": 0}]}}"#,
+        r#"{"topic": "gateways/g6", "payload": {"gateway": "g6", "readings": [{"value": 4}, {"value": 5}]}}"#,
+    ];
     let records = sluice_test_records(&config, &inputs);
     let seen: Vec<(u64, String)> = records
         .iter()
@@ -169,11 +157,7 @@ errors:
 
 #[test]
 fn sluice_test_without_transforms_gives_every_input_unchanged() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("plain.yaml");
-    std::fs::write(
-        &config,
-        r#"
+    let config = r#"
 apiVersion: sluice/v1
 name: plain
 source:
@@ -186,20 +170,12 @@ sink:
   kafka:
     brokers: 127.0.0.1:9092
     topic: "{{topic.1}}"
-"#,
-    )
-    .expect("write config");
-    let inputs = dir.path().join("in.jsonl");
-    std::fs::write(
-        &inputs,
-        concat!(
-            r#"{"topic": "sensors/a", "payload": {"t": 1}}"#,
-            "\n",
-            r#"{"topic": "sensors/b", "payload": "not json"}"#,
-        ),
-    )
-    .expect("write inputs");
-    let records = sluice_test_records(&config, &inputs);
+"#;
+    let inputs = [
+        r#"{"topic": "sensors/a", "payload": {"t": 1}}"#,
+        r#"{"topic": "sensors/b", "payload": "not json"}"#,
+    ];
+    let records = sluice_test_records(config, &inputs);
     let seen: Vec<(u64, String, String)> = records
         .iter()
         .map(|r| {
@@ -220,21 +196,24 @@ sink:
     );
 }
 
-/// Runs `sluice test CONFIG --input INPUTS`, which must succeed, and
-/// returns its records (one JSON value per stdout line).
-fn sluice_test_records(
-    config: &std::path::Path,
-    inputs: &std::path::Path,
-) -> Vec<serde_json::Value> {
-    let cache = tempfile::tempdir().expect("temp dir");
+/// Writes `config` and the input lines to a temporary folder, runs `sluice
+/// test` on them, which must succeed, and returns its records (one JSON
+/// value per stdout line).
+fn sluice_test_records(config: &str, inputs: &[&str]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_file = dir.path().join("pipeline.yaml");
+    let inputs_file = dir.path().join("in.jsonl");
+    std::fs::write(&config_file, config).expect("write config");
+    std::fs::write(&inputs_file, inputs.join("\n")).expect("write inputs");
+    // The folder doubles as the compiled-plugin cache.
     let out = sluice(
         &[
             "test",
-            config.to_str().expect("utf-8 path"),
+            config_file.to_str().expect("utf-8 path"),
             "--input",
-            inputs.to_str().expect("utf-8 path"),
+            inputs_file.to_str().expect("utf-8 path"),
         ],
-        cache.path(),
+        dir.path(),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sluice test failed:\n{stderr}");

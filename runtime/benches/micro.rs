@@ -358,7 +358,7 @@ mod engine {
                         runtime.block_on(async {
                             for i in 0..ROUND {
                                 let msg = messages[i % messages.len()].clone();
-                                let token = (1u64 << 32) | ((sent + i) as u64 & 0xffff);
+                                let token = (sent + i) as AckToken;
                                 tx.send(Inbound { msg, token })
                                     .await
                                     .expect("engine running");

@@ -468,13 +468,9 @@ pub fn count_by<K: std::hash::Hash + Eq>(
 mod tests {
     use super::*;
 
-    fn progress() -> Progress {
-        Progress::new(0)
-    }
-
     #[test]
     fn a_hole_is_sought_back_to_until_it_fills_and_offsets_read_twice_are_dropped() {
-        let mut read = progress();
+        let mut read = Progress::new(0);
         let start = Instant::now();
         assert!(read.read(0));
         assert_eq!(read.hole(start), None);

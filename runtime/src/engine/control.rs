@@ -82,16 +82,14 @@ pub(super) fn stop_signal(
 }
 
 /// Loads and initialises `p`'s transforms on a blocking thread. Returns the
-/// chain (none without transforms) and its metric handles.
+/// chain (without stages when there are no transforms: it forwards every
+/// input) and its metric handles.
 pub(super) async fn build_chain(
     host: &Arc<WasmHost>,
     p: &Pipeline,
     metrics: &PipelineMetrics,
-) -> Result<(Option<Chain>, Vec<TransformMetrics>), String> {
+) -> Result<(Chain, Vec<TransformMetrics>), String> {
     let tm = metrics.resolve_transforms(&p.transform_names());
-    if p.transforms.is_empty() {
-        return Ok((None, tm));
-    }
     let (h, name, ts, chain_tm) = (
         host.clone(),
         p.name.clone(),
@@ -102,7 +100,7 @@ pub(super) async fn build_chain(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|(i, e)| format!("transform `{}`: {e}", p.transforms[i].name))?;
-    Ok((Some(chain), tm))
+    Ok((chain, tm))
 }
 
 impl Status {

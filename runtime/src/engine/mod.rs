@@ -64,7 +64,7 @@ pub struct Status {
     /// A configuration to start with at the next restart (after a reload).
     pending: Mutex<Option<Pipeline>>,
     /// Hands a new chain to the running transform thread.
-    swap: Mutex<Option<std::sync::mpsc::Sender<Option<Chain>>>>,
+    swap: Mutex<Option<std::sync::mpsc::Sender<Chain>>>,
 }
 
 impl Status {
@@ -289,7 +289,7 @@ pub async fn run_with(
     let (done_tx, mut done_rx) = mpsc::channel::<Batch>(2);
     let (mut chain, chain_metrics) = control::build_chain(host, p, &metrics).await?;
     metrics.set_transforms(chain_metrics);
-    let (swap_tx, swap_rx) = std::sync::mpsc::channel::<Option<Chain>>();
+    let (swap_tx, swap_rx) = std::sync::mpsc::channel::<Chain>();
     let worker = std::thread::Builder::new()
         .name(format!("sluice-{}", p.name))
         // Room for the largest wasm stack (`limits.stack_kb`) whatever
@@ -302,10 +302,7 @@ pub async fn run_with(
                 while let Ok(next) = swap_rx.try_recv() {
                     chain = next;
                 }
-                batch.outcomes = match chain.as_mut() {
-                    Some(c) => c.run(&batch.msgs),
-                    None => batch.msgs.iter().map(|_| Outcome::Forward).collect(),
-                };
+                batch.outcomes = chain.run(&batch.msgs);
                 if done_tx.blocking_send(batch).is_err() {
                     break;
                 }

@@ -82,7 +82,8 @@ impl Chain {
         })
     }
 
-    /// Runs `batch` through every transform.
+    /// Runs `batch` through every transform; a chain without transforms
+    /// forwards every input.
     pub fn run(&mut self, batch: &[Message]) -> Vec<Outcome> {
         if self.stages.is_empty() {
             return batch.iter().map(|_| Outcome::Forward).collect();
@@ -95,7 +96,7 @@ impl Chain {
         // first stage reads the batch itself, no copy.
         let mut origins: Vec<usize> = (0..batch.len()).collect();
         let mut msgs: Cow<'_, [Message]> = Cow::Borrowed(batch);
-        let last = self.stages.len().saturating_sub(1);
+        let last = self.stages.len() - 1;
         for (index, stage) in self.stages.iter_mut().enumerate() {
             if msgs.is_empty() {
                 break;
