@@ -289,8 +289,6 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Who may use the admin actions: `--no-admin-api`, else the token from
-/// `--api-token-file` or `$SLUICE_API_TOKEN`, else open (loopback only).
 /// The tokio runtime for `sluice run` with `pipelines` pipelines: one
 /// worker thread per pipeline, at most one per core.
 ///
@@ -311,6 +309,8 @@ fn runtime_for(pipelines: usize) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
+/// Who may use the admin actions: `--no-admin-api`, else the token from
+/// `--api-token-file` or `$SLUICE_API_TOKEN`, else open (loopback only).
 fn admin_access(disabled: bool, token_file: Option<PathBuf>) -> anyhow::Result<AdminAccess> {
     if disabled {
         return Ok(AdminAccess::Disabled);
