@@ -251,13 +251,6 @@ sluice_setup() {
             sluice_setup_mosquitto
             sluice_setup_openssl
             sluice_setup_tansu
-            if [ "${1:-all}" = bench ]; then
-                sluice_setup_bench
-                sluice_log "mosquitto:       $SLUICE_MOSQUITTO_BIN"
-                sluice_log "tansu:           $SLUICE_TANSU_BIN"
-                sluice_log "python:          $SLUICE_VENV/bin/python3 (paho-mqtt, confluent-kafka)"
-                return 0
-            fi
             sluice_setup_prometheus
             sluice_setup_guests
             sluice_log "mosquitto:       $SLUICE_MOSQUITTO_BIN"
@@ -265,6 +258,11 @@ sluice_setup() {
             sluice_log "prometheus:      $SLUICE_PROMETHEUS_BIN"
             sluice_log "componentize-py: $SLUICE_COMPONENTIZE_PY"
             sluice_log "componentize-js: $SLUICE_COMPONENTIZE_JS"
+            # `bench`: everything above, plus the benchmark's baselines.
+            if [ "${1:-all}" = bench ]; then
+                sluice_setup_bench
+                sluice_log "python:          $SLUICE_VENV/bin/python3 (paho-mqtt, confluent-kafka)"
+            fi
             ;;
         *)
             sluice_log "unknown part '$1' (expected: all, bench, rust or guests)"
@@ -282,7 +280,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
         printf 'export SLUICE_TANSU_BIN=%q\n' "$SLUICE_TANSU_BIN"
         printf 'export SLUICE_PROMETHEUS_BIN=%q\n' "$SLUICE_PROMETHEUS_BIN"
     fi
-    if [ "${1:-all}" = all ] || [ "${1:-all}" = guests ]; then
+    if [ "${1:-all}" != rust ]; then
         printf 'export SLUICE_COMPONENTIZE_PY=%q\n' "$SLUICE_COMPONENTIZE_PY"
         printf 'export SLUICE_NPM_PREFIX=%q\n' "$SLUICE_NPM_PREFIX"
         printf 'export SLUICE_COMPONENTIZE_JS=%q\n' "$SLUICE_COMPONENTIZE_JS"
