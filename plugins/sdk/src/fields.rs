@@ -97,7 +97,7 @@ impl FieldValue<'_> {
 
     fn write(&self, out: &mut Vec<u8>) {
         match self {
-            FieldValue::Raw(raw) => out.extend_from_slice(raw.as_bytes()),
+            FieldValue::Raw(raw) => put(out, raw.as_bytes()),
             FieldValue::Value(value) => write_json(out, value),
         }
     }
@@ -204,7 +204,7 @@ impl<'a> JsonFields<'a> {
             }
             if f.plain {
                 out.push(b'"');
-                out.extend_from_slice(f.name.as_bytes());
+                put(&mut out, f.name.as_bytes());
                 out.extend_from_slice(b"\":");
             } else {
                 write_json(&mut out, &f.name);
@@ -266,6 +266,57 @@ fn same_name(a: &str, b: &str) -> bool {
         }
         _ => a.first() == b.first() && a == b,
     }
+}
+
+/// Appends `bytes` to `out`. Runs of up to 16 bytes (most field names and
+/// values) are copied as two overlapping fixed-size pieces: in WebAssembly
+/// a copy of unknown length is a `memory.copy`, which wasmtime runs as a
+/// call out to the host, and `to_vec` makes two per field.
+#[inline(always)]
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    let n = bytes.len();
+    let start = out.len();
+    match n {
+        8..=16 => {
+            let (head, tail) = (first::<8>(bytes), last::<8>(bytes));
+            out.extend_from_slice(&head);
+            out.truncate(start + n - 8);
+            out.extend_from_slice(&tail);
+        }
+        4..=7 => {
+            let (head, tail) = (first::<4>(bytes), last::<4>(bytes));
+            out.extend_from_slice(&head);
+            out.truncate(start + n - 4);
+            out.extend_from_slice(&tail);
+        }
+        1..=3 => {
+            out.push(bytes[0]);
+            if n > 1 {
+                out.push(bytes[1]);
+            }
+            if n > 2 {
+                out.push(bytes[2]);
+            }
+        }
+        0 => {}
+        _ => out.extend_from_slice(bytes),
+    }
+}
+
+/// The first `N` bytes of `bytes`, which holds at least `N`.
+#[inline(always)]
+fn first<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut a = [0; N];
+    a.copy_from_slice(&bytes[..N]);
+    a
+}
+
+/// The last `N` bytes of `bytes`, which holds at least `N`.
+#[inline(always)]
+fn last<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut a = [0; N];
+    a.copy_from_slice(&bytes[bytes.len() - N..]);
+    a
 }
 
 /// Writes any serialisable value as compact JSON. Serialising a `str` or a
@@ -755,6 +806,18 @@ mod tests {
             let msg = Message::new("t", payload);
             let expected = msg.json_object().unwrap_err();
             assert_eq!(JsonFields::parse(payload).unwrap_err(), expected);
+        }
+    }
+
+    #[test]
+    fn put_appends_runs_of_every_length() {
+        let source: Vec<u8> = (0..40).collect();
+        for n in 0..=source.len() {
+            let mut out = b"ab".to_vec();
+            put(&mut out, &source[..n]);
+            let mut expected = b"ab".to_vec();
+            expected.extend_from_slice(&source[..n]);
+            assert_eq!(out, expected, "{n} bytes");
         }
     }
 
