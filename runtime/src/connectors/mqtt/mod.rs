@@ -517,7 +517,7 @@ async fn run_loop(s: LoopState) {
             .await
             .unwrap_or_else(|_| Err("no CONNACK within 10 s".into()));
         let failure = match attempt {
-            Ok((io, rest, session_present)) => {
+            Ok((io, rest, session_present, quick_acks)) => {
                 generation += 1;
                 tracing::info!(pipeline = %pipeline, url = %s.url, session_present, generation, "MQTT connected");
                 s.connected.send_replace(true);
@@ -542,7 +542,16 @@ async fn run_loop(s: LoopState) {
                     let r = write_loop(wr, wcodec, out_rx, keep_alive).await;
                     dead_tx.send_replace(Some(r));
                 });
-                let res = read_phase(&s, &codec, rd, rest, generation, &out_tx, dead_rx).await;
+                let res = read_phase(
+                    &s,
+                    &codec,
+                    (rd, quick_acks),
+                    rest,
+                    generation,
+                    &out_tx,
+                    dead_rx,
+                )
+                .await;
                 if let Ok(mut w) = s.shared.writer.lock() {
                     *w = None;
                 }
@@ -640,7 +649,10 @@ fn receipt_ack_batch(protocol: Protocol, receive_maximum: u16) -> usize {
 async fn read_phase(
     s: &LoopState,
     codec: &Codec,
-    mut rd: tokio::io::ReadHalf<Box<dyn session::Io>>,
+    (mut rd, mut quick_acks): (
+        tokio::io::ReadHalf<Box<dyn session::Io>>,
+        session::QuickAcks,
+    ),
     mut buf: bytes::BytesMut,
     generation: u64,
     out: &mpsc::UnboundedSender<Out>,
@@ -754,6 +766,7 @@ async fn read_phase(
         if n == 0 {
             return Err("broker closed the connection".into());
         }
+        quick_acks.after_read(n);
     }
 }
 

@@ -42,7 +42,7 @@ pub async fn broker_version(spec: &ConnectSpec, wait: Duration) -> Option<(Strin
     spec.session_expiry = 0;
     let codec = Codec::new(spec.protocol, spec.max_packet_size);
     let work = async {
-        let (mut io, mut rd, _) = handshake(&spec, &codec).await.ok()?;
+        let (mut io, mut rd, _, _) = handshake(&spec, &codec).await.ok()?;
         let mut buf = BytesMut::new();
         let topics = VERSION_TOPICS
             .iter()
