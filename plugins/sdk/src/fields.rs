@@ -274,22 +274,10 @@ fn same_name(a: &str, b: &str) -> bool {
 /// call out to the host, and `to_vec` makes two per field.
 #[inline(always)]
 fn put(out: &mut Vec<u8>, bytes: &[u8]) {
-    let n = bytes.len();
-    let start = out.len();
-    match n {
-        8..=16 => {
-            let (head, tail) = (first::<8>(bytes), last::<8>(bytes));
-            out.extend_from_slice(&head);
-            out.truncate(start + n - 8);
-            out.extend_from_slice(&tail);
-        }
-        4..=7 => {
-            let (head, tail) = (first::<4>(bytes), last::<4>(bytes));
-            out.extend_from_slice(&head);
-            out.truncate(start + n - 4);
-            out.extend_from_slice(&tail);
-        }
-        1..=3 => {
+    match bytes.len() {
+        8..=16 => put_overlapping::<8>(out, bytes),
+        4..=7 => put_overlapping::<4>(out, bytes),
+        n @ 1..=3 => {
             out.push(bytes[0]);
             if n > 1 {
                 out.push(bytes[1]);
@@ -303,20 +291,17 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// The first `N` bytes of `bytes`, which holds at least `N`.
+/// Appends `bytes` (`N` to `2 * N` of them) as its first and its last `N`
+/// bytes, the second piece written over the end of the first.
 #[inline(always)]
-fn first<const N: usize>(bytes: &[u8]) -> [u8; N] {
-    let mut a = [0; N];
-    a.copy_from_slice(&bytes[..N]);
-    a
-}
-
-/// The last `N` bytes of `bytes`, which holds at least `N`.
-#[inline(always)]
-fn last<const N: usize>(bytes: &[u8]) -> [u8; N] {
-    let mut a = [0; N];
-    a.copy_from_slice(&bytes[bytes.len() - N..]);
-    a
+fn put_overlapping<const N: usize>(out: &mut Vec<u8>, bytes: &[u8]) {
+    let (mut head, mut tail) = ([0; N], [0; N]);
+    head.copy_from_slice(&bytes[..N]);
+    tail.copy_from_slice(&bytes[bytes.len() - N..]);
+    let end = out.len() + bytes.len();
+    out.extend_from_slice(&head);
+    out.truncate(end - N);
+    out.extend_from_slice(&tail);
 }
 
 /// Writes any serialisable value as compact JSON. Serialising a `str` or a
