@@ -196,6 +196,58 @@ sink:
     );
 }
 
+#[test]
+fn sluice_test_hands_the_plugin_batches_of_batch_max_messages() {
+    // 40,000 inputs are about 5 MB in one call, more than the plugin's
+    // 4 MiB; in batches of 100, as `sluice run` hands them over, they fit.
+    let config = format!(
+        r#"
+apiVersion: sluice/v1
+name: batches
+batch: {{ max_messages: 100 }}
+source:
+  mqtt:
+    url: mqtt://127.0.0.1:1883
+    client_id: offline-batches
+    topics:
+      - filter: sensors/#
+transforms:
+  - name: tag
+    plugin: {map}
+    config: {{ from_topic: {{ device_id: 1 }} }}
+    limits: {{ memory_mb: 4 }}
+sink:
+  kafka:
+    brokers: 127.0.0.1:9092
+    topic: readings
+errors:
+  dead_letter_topic: batches.dlq
+"#,
+        map = sluice_tests::plugin("json_map").display(),
+    );
+    let n = 40_000;
+    let inputs: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"topic": "sensors/dev-{:04}/telemetry", "payload": {{"seq": {i}, "site": "plant-12/line-0"}}}}"#,
+                i % 1000
+            )
+        })
+        .collect();
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let records = sluice_test_records(&config, &inputs);
+    assert_eq!(records.len(), n, "first: {:?}", records.first());
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["input"], i, "{r}");
+        assert_eq!(r["payload"]["seq"], i, "{r}");
+        assert_eq!(
+            r["payload"]["device_id"],
+            format!("dev-{:04}", i % 1000),
+            "{r}"
+        );
+    }
+}
+
 /// Writes `config` and the input lines to a temporary folder, runs `sluice
 /// test` on them, which must succeed, and returns its records (one JSON
 /// value per stdout line).

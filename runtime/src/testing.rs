@@ -115,8 +115,9 @@ fn text_or_json(bytes: &[u8]) -> Value {
     }
 }
 
-/// Runs the chain of `p` over `inputs` and returns one JSON value per
-/// output record or dead letter, in input order.
+/// Runs the chain of `p` over `inputs`, in batches of
+/// `batch.max_messages`, and returns one JSON value per output record or
+/// dead letter, in input order.
 pub fn run_chain(
     p: &Pipeline,
     host: &WasmHost,
@@ -127,7 +128,12 @@ pub fn run_chain(
     let SinkConfig::Kafka(k) = &p.sink;
     let routing = Routing::new(k).map_err(|e| TestError::Chain(e.to_string()))?;
     let mut out = Vec::new();
-    for (i, (outcome, input)) in chain.run(inputs).into_iter().zip(inputs).enumerate() {
+    // Batches of `batch.max_messages`, as the runtime hands them over: a
+    // plugin sees the same batch sizes (and needs the same memory) as in
+    // production, however long the input file is.
+    let batches = inputs.chunks(p.batch.max_messages.max(1));
+    let outcomes = batches.flat_map(|batch| chain.run(batch).into_iter().zip(batch));
+    for (i, (outcome, input)) in outcomes.enumerate() {
         match outcome {
             Outcome::Failed(f) => out.push(json!({
                 "input": i,
