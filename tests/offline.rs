@@ -248,6 +248,47 @@ errors:
     }
 }
 
+#[test]
+fn sluice_wasm_perfmap_writes_a_perf_map_of_the_plugin_functions() {
+    let cache = tempfile::tempdir().expect("temp dir");
+    let mut cmd = sluice_command();
+    cmd.current_dir(workspace_root())
+        .env("SLUICE_CACHE_DIR", cache.path())
+        .env("SLUICE_WASM_PERFMAP", "1")
+        .args([
+            "test",
+            "configs/sensors.yaml",
+            "--input",
+            "tests/fixtures/sensors.in.jsonl",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("run sluice");
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
+    let out = child.wait_with_output().expect("wait for sluice");
+    let text = std::fs::read_to_string(&map);
+    let _ = std::fs::remove_file(&map);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = text.unwrap_or_else(|e| panic!("{}: {e}", map.display()));
+    // One line per function: `0xSTART SIZE NAME`, both numbers in hex; a
+    // stripped plugin's functions are named by index (`wasm[0]::function[21]`).
+    let plugin_functions = text
+        .lines()
+        .filter(|l| {
+            let mut parts = l.splitn(3, ' ');
+            let hex = |p: Option<&str>| p.is_some_and(|p| u64::from_str_radix(p, 16).is_ok());
+            hex(parts.next().and_then(|p| p.strip_prefix("0x")))
+                && hex(parts.next())
+                && parts.next().is_some_and(|n| n.starts_with("wasm["))
+        })
+        .count();
+    assert!(plugin_functions > 10, "{text}");
+}
+
 /// Writes `config` and the input lines to a temporary folder, runs `sluice
 /// test` on them, which must succeed, and returns its records (one JSON
 /// value per stdout line).

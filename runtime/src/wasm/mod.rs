@@ -356,6 +356,11 @@ impl WasmHost {
         cfg.wasm_component_model(true)
             .epoch_interruption(true)
             .max_wasm_stack(stack);
+        if std::env::var_os("SLUICE_WASM_PERFMAP").is_some_and(|v| !v.is_empty()) {
+            // /tmp/perf-PID.map names each plugin function for `perf report`
+            // (plugins/README.md, "Profile a transform").
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&cfg).map_err(engine_error)?;
         self.ticking
             .lock()
