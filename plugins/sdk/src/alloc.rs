@@ -23,8 +23,9 @@ use std::ptr;
 /// Size classes are multiples of this many bytes (dlmalloc's alignment on
 /// wasm32).
 const GRANULE: usize = 8;
-/// Largest block size kept on a free list.
-pub(crate) const MAX_SMALL: usize = 512;
+/// Largest block size kept on a free list: 1 KiB holds the usual
+/// `Vec<Field>` of 16 fields (64 bytes each on wasm32).
+pub(crate) const MAX_SMALL: usize = 1024;
 /// Most bytes kept on the free lists together.
 pub(crate) const MAX_CACHED: usize = 1 << 20;
 const CLASSES: usize = MAX_SMALL / GRANULE;

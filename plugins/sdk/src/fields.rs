@@ -374,6 +374,23 @@ fn plain_byte(b: u8) -> bool {
 /// [`Scanner`] checks itself; deeper values go to serde_json.
 const MAX_DEPTH: usize = 32;
 
+/// `0x01` in every byte of a word.
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+/// `0x80` in every byte of a word.
+const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit set in each byte of `x` that is zero, exactly up to the
+/// first one (a borrow can mark later bytes too).
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
+/// The index of the first marked byte of a little-endian word of high-bit
+/// marks (not zero).
+fn first_byte(marks: u64) -> usize {
+    (marks.trailing_zeros() / 8) as usize
+}
+
 /// The fast path of [`JsonFields::parse`]: checks a JSON object's text in
 /// one pass and cuts it into fields, without serde_json's calls per token.
 /// It accepts only what serde_json accepts and cuts it the same way; it
@@ -446,34 +463,53 @@ impl<'a> Scanner<'a> {
     /// (consumed). `None` at a backslash or a control character.
     fn string(&mut self) -> Option<&'a str> {
         let start = self.at;
-        let bytes = self.text.as_bytes();
-        // Eight bytes at a time while none is a quote, a backslash or a
-        // control character (one step per byte costs an interruption
-        // check per byte in WebAssembly).
-        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-        const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-        let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-        while let Some(word) = bytes.get(self.at..).and_then(|b| b.first_chunk::<8>()) {
-            let x = u64::from_ne_bytes(*word);
-            let special = zero_byte(x ^ (ONES * u64::from(b'"')))
-                | zero_byte(x ^ (ONES * u64::from(b'\\')))
-                | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+        // Eight bytes at a time, straight to the first quote, backslash or
+        // control character (one step per byte costs an interruption check
+        // per byte in WebAssembly).
+        while let Some(word) = self.word() {
+            let special = zero_bytes(word ^ (ONES * u64::from(b'"')))
+                | zero_bytes(word ^ (ONES * u64::from(b'\\')))
+                | (word.wrapping_sub(ONES * 0x20) & !word & HIGH);
             if special != 0 {
-                break;
+                self.at += first_byte(special);
+                return self.string_end(start);
             }
             self.at += 8;
         }
-        loop {
-            match self.next()? {
-                b'"' => return self.text.get(start..self.at - 1),
-                b if plain_byte(b) => {}
-                _ => return None,
-            }
+        while self.peek().is_some_and(plain_byte) {
+            self.at += 1;
         }
+        self.string_end(start)
     }
 
+    /// At the byte that ends a string: its text if it is the closing quote
+    /// (consumed), `None` if it is a backslash or a control character.
+    fn string_end(&mut self, start: usize) -> Option<&'a str> {
+        self.eat(b'"')?;
+        self.text.get(start..self.at - 1)
+    }
+
+    /// The next eight bytes as a little-endian word, if there are eight.
+    fn word(&self) -> Option<u64> {
+        let bytes = self.text.as_bytes().get(self.at..)?.first_chunk::<8>()?;
+        Some(u64::from_le_bytes(*bytes))
+    }
+
+    /// One or more ASCII digits.
     fn digits(&mut self) -> Option<()> {
         self.peek()?.is_ascii_digit().then_some(())?;
+        // Eight bytes at a time, straight to the first non-digit. A byte is
+        // a digit when it is below 10 after `^ b'0'`; adding 0x76 sets the
+        // high bit of the others (their carry only reaches later bytes).
+        while let Some(word) = self.word() {
+            let y = word ^ (ONES * u64::from(b'0'));
+            let other = (y.wrapping_add(ONES * 0x76) | y) & HIGH;
+            if other != 0 {
+                self.at += first_byte(other);
+                return Some(());
+            }
+            self.at += 8;
+        }
         while self.peek().is_some_and(|b| b.is_ascii_digit()) {
             self.at += 1;
         }
@@ -731,6 +767,35 @@ mod tests {
             accepted += usize::from(scanned_fields(&text).is_some());
         }
         assert!(accepted > 1000, "only {accepted} random texts were valid");
+    }
+
+    #[test]
+    fn the_scanner_finds_the_byte_that_ends_a_string_or_number_at_any_offset() {
+        // The scanner reads strings and digits eight bytes at a time: the
+        // byte that ends one must be found at every offset in a word, and
+        // in the tail of fewer than eight bytes.
+        for n in 0..20 {
+            let body = "a\u{e9}0123456789xyz"
+                .chars()
+                .cycle()
+                .take(n)
+                .collect::<String>();
+            let digits = "1234567890".repeat(3)[..n + 1].to_string();
+            for pad in ["", " ", "       "] {
+                let ok = format!(r#"{{"{body}":{digits}{pad},"k{body}":"{body}"{pad}}}"#);
+                let fields = scanned_fields(&ok).unwrap_or_else(|| panic!("{ok:?}"));
+                assert_eq!(fields[0], (body.clone(), digits.clone()), "{ok:?}");
+                assert_eq!(fields[1], (format!("k{body}"), format!("\"{body}\"")));
+                agrees(&ok);
+                for bad in ["\\n", "\u{1}", "\u{1f}", "\t"] {
+                    let text = format!(r#"{{"k":"{body}{bad}{pad}"}}"#);
+                    assert!(scanned_fields(&text).is_none(), "{text:?}");
+                }
+                for end in ["x", ".", ".5", "e3", "-", ":", "/"] {
+                    agrees(&format!(r#"{{"k":{digits}{end}{pad}}}"#));
+                }
+            }
+        }
     }
 
     #[test]
