@@ -249,6 +249,42 @@ errors:
 }
 
 #[test]
+fn sluice_test_ends_quietly_when_its_reader_stops_early() {
+    // `sluice test ... | head -1`: after the first line nobody reads, and
+    // the records (far more than a pipe holds) meet a closed pipe.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let inputs_file = dir.path().join("in.jsonl");
+    let inputs: Vec<String> = (0..20_000)
+        .map(|i| {
+            format!(
+                r#"{{"topic": "sensors/dev-{i}/telemetry", "payload": {{"temperature": {i}}}}}"#
+            )
+        })
+        .collect();
+    std::fs::write(&inputs_file, inputs.join("\n")).expect("write inputs");
+    let mut child = sluice_command()
+        .current_dir(workspace_root())
+        .env("SLUICE_CACHE_DIR", dir.path())
+        .args(["test", "configs/sensors.yaml", "--input"])
+        .arg(&inputs_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sluice");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first)
+        .expect("read the first record");
+    // The reader (and with it the pipe's only read end) is gone here.
+    let out = child.wait_with_output().expect("wait for sluice");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let record: serde_json::Value = serde_json::from_str(&first).expect("a JSON line");
+    assert_eq!(record["input"], 0, "{first}");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn sluice_wasm_perfmap_writes_a_perf_map_of_the_plugin_functions() {
     let cache = tempfile::tempdir().expect("temp dir");
     let mut cmd = sluice_command();

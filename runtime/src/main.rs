@@ -2,7 +2,7 @@
 
 mod demo;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,6 +156,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes `sluice test`'s records to stdout, one JSON value per line,
+/// through one buffer (stdout alone flushes at every line).
+fn print_records(records: &[serde_json::Value]) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for r in records {
+        writeln!(out, "{r}")?;
+    }
+    out.flush()
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { files } => {
@@ -187,8 +197,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let p = pipelines.into_iter().next().context("no pipeline")?;
             let inputs = testing::read_inputs(&input)?;
             let out = testing::run_chain(&p, &host, &inputs)?;
-            for v in &out {
-                println!("{v}");
+            match print_records(&out) {
+                // A reader that stopped early (`| head`) ends the output,
+                // not the command: an `--expect` comparison still runs.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                written => written.context("cannot write the records to stdout")?,
             }
             if let Some(exp) = expect {
                 let expected = testing::read_expected(&exp)?;
