@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use sluice_tests::{sluice_command, workspace_root};
+use sluice_tests::{plugin, sluice_command, workspace_root};
 
 fn sluice(args: &[&str], cache: &std::path::Path) -> std::process::Output {
     let mut cmd: Command = sluice_command();
@@ -350,4 +350,101 @@ fn sluice_test_records(config: &str, inputs: &[&str]) -> Vec<serde_json::Value> 
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
         .collect()
+}
+
+/// Every field of a message, with and without each optional one, reaches a
+/// plugin and comes back intact: json-filter keeps a matching message
+/// unchanged, so what the host lowered into the guest (`wasm/abi.rs`) is
+/// what the guest hands back. In one batch and one message at a time.
+#[test]
+fn every_field_of_every_kind_of_message_crosses_into_a_plugin_and_back() {
+    use bytes::Bytes;
+    use sluice::config::{Limits, Pos, TransformConfig};
+    use sluice::message::{Message, Qos};
+    use sluice::wasm::{Instance, WasmHost};
+
+    let host = WasmHost::new(None).expect("wasm engine");
+    let t = TransformConfig {
+        name: "keep-all".into(),
+        plugin: plugin("json_filter"),
+        config_json: r#"{"field": "k", "op": "exists"}"#.into(),
+        limits: Limits::default(),
+        capabilities: Vec::new(),
+        env: Vec::new(),
+        plugin_pos: Pos { line: 1, col: 1 },
+        config_pos: Pos { line: 1, col: 1 },
+    };
+    let loaded = host.load(&t).expect("json_filter plugin");
+    let mut instance = Instance::new(&loaded, "abi", &t).expect("json_filter init");
+
+    let plain = Message {
+        topic: "sensors/dev-1/telemetry".into(),
+        payload: Bytes::from_static(br#"{"k":1}"#),
+        timestamp_ms: 1_764_000_000_000,
+        qos: Qos::AtLeastOnce,
+        ..Message::default()
+    };
+    let everything = Message {
+        topic: "sensors/capteur-é/télémétrie".into(),
+        kafka_topic: Some("telemetry.v2".into()),
+        key: Some(Bytes::from_static(b"dev-\x00\xff")),
+        payload: Bytes::from(format!(r#"{{"k":"{}","t":"°C ✓"}}"#, "x".repeat(300))),
+        headers: vec![
+            ("site".into(), "plant-12".into()),
+            ("site".into(), String::new()),
+            (String::new(), "ünïcode ✓".into()),
+        ],
+        timestamp_ms: u64::MAX,
+        qos: Qos::ExactlyOnce,
+        retain: true,
+        content_type: Some("application/json".into()),
+    };
+    let mut batch = vec![plain.clone(), everything.clone()];
+    for (i, qos) in [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        batch.push(Message {
+            topic: String::new(),
+            key: Some(Bytes::new()),
+            headers: vec![("n".into(), i.to_string())],
+            qos,
+            retain: i % 2 == 0,
+            ..plain.clone()
+        });
+        batch.push(Message {
+            kafka_topic: Some(String::new()),
+            content_type: Some(String::new()),
+            timestamp_ms: i as u64,
+            qos,
+            ..everything.clone()
+        });
+    }
+    // Enough messages that the guest's memory grows during the lowering.
+    batch.extend((0..300).map(|i| Message {
+        headers: vec![("i".into(), i.to_string()); i % 4],
+        ..if i % 2 == 0 {
+            plain.clone()
+        } else {
+            everything.clone()
+        }
+    }));
+
+    let check = |inputs: &[Message], results: Vec<Result<_, String>>| {
+        assert_eq!(results.len(), inputs.len());
+        for (i, (input, result)) in inputs.iter().zip(results).enumerate() {
+            let outputs: sluice::wasm::chain::Outputs = result.expect("kept");
+            assert_eq!(
+                outputs.as_slice(),
+                std::slice::from_ref(input),
+                "message {i}"
+            );
+        }
+    };
+    let processed = instance.process(&batch).expect("one call for the batch");
+    check(&batch, processed.results);
+    for m in &batch[..8] {
+        let processed = instance.process(std::slice::from_ref(m)).expect("one call");
+        check(std::slice::from_ref(m), processed.results);
+    }
 }

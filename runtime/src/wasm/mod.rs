@@ -27,6 +27,7 @@
 //!
 //! This is the only module that calls `wasmtime::component::bindgen!`.
 
+mod abi;
 pub mod chain;
 
 use std::collections::hash_map::DefaultHasher;
@@ -37,7 +38,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{
+    Component, ComponentExportIndex, Func, HasSelf, Linker, ResourceTable, TypedFunc,
+};
 use wasmtime::{Config, Engine, EngineWeak, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -58,6 +61,12 @@ mod bindings {
 use bindings::sluice::transform::log::Level;
 use bindings::sluice::transform::types as wit;
 use bindings::{Transform, TransformPre};
+
+/// The interface every transform exports.
+const TRANSFORMER: &str = "sluice:transform/transformer@0.1.0";
+
+/// What `process` returns.
+type ProcessResults = Vec<Result<Vec<wit::MessageResult>, wit::TransformError>>;
 
 /// How often the epoch ticks; time budgets are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -132,6 +141,8 @@ impl Drop for WasmHost {
 /// A compiled, linked plugin, ready to instantiate.
 pub struct Plugin {
     pre: TransformPre<HostState>,
+    /// The export `process`, called through [`abi::Batch`].
+    process: ComponentExportIndex,
     engine: Engine,
     /// The file it came from.
     pub path: PathBuf,
@@ -465,8 +476,18 @@ impl WasmHost {
                 path.display()
             ))
         })?;
+        let process = component
+            .get_export_index(None, TRANSFORMER)
+            .and_then(|i| component.get_export_index(Some(&i), "process"))
+            .ok_or_else(|| {
+                WasmError::Link(format!(
+                    "plugin `{}` does not export `{TRANSFORMER}#process`",
+                    path.display()
+                ))
+            })?;
         Ok(Arc::new(Plugin {
             pre,
+            process,
             engine,
             path: path.to_path_buf(),
         }))
@@ -579,7 +600,8 @@ fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), WasmError> {
 /// One sandboxed, initialised instance of a plugin.
 pub struct Instance {
     store: Store<HostState>,
-    bindings: Transform,
+    /// `process`, type-checked against [`abi::Batch`] and [`ProcessResults`].
+    process: Func,
     ticks: u64,
     limits: Limits,
 }
@@ -637,7 +659,19 @@ impl Instance {
             + 1;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
-        let bindings = plugin.pre.instantiate(&mut store).map_err(|e| {
+        let instantiated = plugin
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .and_then(|instance| {
+                let bindings = Transform::new(&mut store, &instance)?;
+                let process = instance
+                    .get_func(&mut store, plugin.process)
+                    .ok_or_else(|| wasmtime::format_err!("`process` is not a function"))?;
+                process.typed::<(abi::Batch<'static>,), (ProcessResults,)>(&store)?;
+                Ok((bindings, process))
+            });
+        let (bindings, process) = instantiated.map_err(|e| {
             WasmError::Init(format!(
                 "plugin `{}` failed to instantiate: {}",
                 plugin.path.display(),
@@ -651,7 +685,7 @@ impl Instance {
         match res {
             Ok(Ok(())) => Ok(Instance {
                 store,
-                bindings,
+                process,
                 ticks,
                 limits,
             }),
@@ -672,17 +706,13 @@ impl Instance {
     /// `max_outputs` or `max_output_bytes` fail one by one (see
     /// [`Processed::over_limit`]).
     pub fn process(&mut self, batch: &[Message]) -> Result<Processed, CallError> {
-        let headers: Vec<Vec<wit::HeaderParam<'_>>> = batch.iter().map(headers_to_wit).collect();
-        let input: Vec<wit::MessageParam<'_>> = batch
-            .iter()
-            .zip(&headers)
-            .map(|(m, h)| to_wit(m, h))
-            .collect();
         self.store.set_epoch_deadline(self.ticks);
-        let out = self
-            .bindings
-            .sluice_transform_transformer()
-            .call_process(&mut self.store, &input)
+        // SAFETY: `Instance::new` type-checked `process` against these types.
+        let process = unsafe {
+            TypedFunc::<(abi::Batch<'_>,), (ProcessResults,)>::new_unchecked(self.process)
+        };
+        let (out,) = process
+            .call(&mut self.store, (abi::Batch(batch),))
             .map_err(|e| describe_trap(&e, self.store.data(), &self.limits))?;
         if out.len() != batch.len() {
             return Err(CallError {
