@@ -1,4 +1,5 @@
-//! The batch of a `process` call, lowered into the guest in one pass.
+//! A `process` call's batch lowered into the guest, and its results lifted
+//! out, each in one pass.
 //!
 //! `bindgen!`'s `call_process` lowers `list<message>` with wasmtime's
 //! generic code, which looks the guest's memory up again for every value it
@@ -10,22 +11,30 @@
 //! then writes every record and copies every string and list with one
 //! look-up for the whole batch.
 //!
+//! [`Results`] likewise lifts `list<result<list<message>, transform-error>>`
+//! straight into the host's [`Message`]s, with the checks wasmtime makes
+//! (bounds, alignment, discriminants, UTF-8, its host-call fuel), instead
+//! of into `bindgen!`'s records first, one `Vec` per input, and converting
+//! those.
+//!
 //! The field layout below is the canonical ABI's for `message` and `header`
 //! in `wit/transform.wit`; a unit test derives it from wasmtime's own
 //! layout rules, and `tests/offline.rs` checks that every field of every
 //! kind of message reaches a plugin intact. Guests whose strings are not
-//! UTF-8 (a component may ask for UTF-16) take wasmtime's generic lowering.
+//! UTF-8 (a component may ask for UTF-16) take wasmtime's generic code.
 
 use std::mem::MaybeUninit;
 
+use bytes::Bytes;
 use wasmtime::component::__internal::wasmtime_environ::component::StringEncoding;
 use wasmtime::component::__internal::{
-    CanonicalAbiInfo, InstanceType, InterfaceType, LowerContext,
+    CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext, LowerContext,
 };
-use wasmtime::component::{ComponentType, Lower};
+use wasmtime::component::{ComponentType, Lift, Lower};
 use wasmtime::ValRaw;
 
-use super::{headers_to_wit, to_wit, wit};
+use super::chain::Outputs;
+use super::{from_wit, headers_to_wit, to_wit, wit};
 use crate::message::{Message, Qos};
 
 /// `message`: size and alignment of one record, and its fields' offsets.
@@ -47,6 +56,11 @@ const OPTION_PAYLOAD: usize = 4;
 const HEADER_SIZE: usize = 16;
 const HEADER_ALIGN: u32 = 4;
 const HEADER_VALUE: usize = 8;
+/// `result<list<message>, transform-error>`: size and alignment of one,
+/// and where its payload (a list, or the error's string) starts.
+const RESULT_SIZE: usize = 12;
+const RESULT_ALIGN: u32 = 4;
+const RESULT_PAYLOAD: usize = 4;
 /// The longest string the canonical ABI can pass (wasmtime's limit).
 const MAX_STRING: usize = (1 << 31) - 1;
 
@@ -199,6 +213,196 @@ impl Batch<'_> {
         }
         Ok((array, messages.len()))
     }
+}
+
+/// `bindgen!`'s view of what `process` returns.
+type WitResults = Vec<Result<Vec<wit::MessageResult>, wit::TransformError>>;
+
+/// What `process` returned: one result per input, its outputs or the
+/// guest's error text.
+pub(super) struct Results(pub Vec<Result<Outputs, String>>);
+
+// SAFETY: `Lower` is two `ValRaw`s (pointer and length), as for every
+// list; `typecheck` is the one of wasmtime's own `WitResults`, whose
+// canonical layout the reads below follow.
+unsafe impl ComponentType for Results {
+    type Lower = [ValRaw; 2];
+
+    const ABI: CanonicalAbiInfo = CanonicalAbiInfo::POINTER_PAIR;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <WitResults as ComponentType>::typecheck(ty, types)
+    }
+}
+
+// SAFETY: every read goes through bounds-checked slices of guest memory.
+unsafe impl Lift for Results {
+    fn linear_lift_from_flat(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        src: &[ValRaw; 2],
+    ) -> wasmtime::Result<Self> {
+        if !matches!(cx.options().string_encoding, StringEncoding::Utf8) {
+            return WitResults::linear_lift_from_flat(cx, ty, src).map(Self::from_wit);
+        }
+        Self::lift(cx, src[0].get_u32() as usize, src[1].get_u32() as usize)
+    }
+
+    fn linear_lift_from_memory(
+        cx: &mut LiftContext<'_>,
+        ty: InterfaceType,
+        bytes: &[u8],
+    ) -> wasmtime::Result<Self> {
+        if !matches!(cx.options().string_encoding, StringEncoding::Utf8) {
+            return WitResults::linear_lift_from_memory(cx, ty, bytes).map(Self::from_wit);
+        }
+        let (ptr, len) = pointer_pair(bytes, 0)?;
+        Self::lift(cx, ptr, len)
+    }
+}
+
+impl Results {
+    fn from_wit(results: WitResults) -> Self {
+        Results(
+            results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(msgs) => Ok(msgs.into_iter().map(from_wit).collect()),
+                    Err(e) => Err(e.message),
+                })
+                .collect(),
+        )
+    }
+
+    /// Lifts the list of `len` results at guest address `ptr`.
+    fn lift(cx: &mut LiftContext<'_>, ptr: usize, len: usize) -> wasmtime::Result<Self> {
+        let mem = cx.memory();
+        let all = array(cx, ptr, len, RESULT_SIZE, RESULT_ALIGN)?;
+        let mut results = Vec::with_capacity(len);
+        for result in all.chunks_exact(RESULT_SIZE) {
+            let (at, n) = pointer_pair(result, RESULT_PAYLOAD)?;
+            results.push(match result[0] {
+                0 => {
+                    let records = array(cx, at, n, MESSAGE_SIZE, MESSAGE_ALIGN)?;
+                    let mut outputs = Outputs::with_capacity(n);
+                    for rec in records.chunks_exact(MESSAGE_SIZE) {
+                        outputs.push(lift_message(cx, mem, rec)?);
+                    }
+                    Ok(outputs)
+                }
+                1 => Err(string(cx, mem, at, n)?),
+                d => wasmtime::bail!("invalid variant discriminant: {d}"),
+            });
+        }
+        Ok(Results(results))
+    }
+}
+
+/// Lifts the `message` record `rec`.
+fn lift_message(cx: &mut LiftContext<'_>, mem: &[u8], rec: &[u8]) -> wasmtime::Result<Message> {
+    let (at, n) = pointer_pair(rec, TOPIC)?;
+    let topic = string(cx, mem, at, n)?;
+    let kafka_topic = match option(rec, KAFKA_TOPIC)? {
+        Some((at, n)) => Some(string(cx, mem, at, n)?),
+        None => None,
+    };
+    let key = match option(rec, KEY)? {
+        Some((at, n)) => Some(list_u8(cx, at, n)?),
+        None => None,
+    };
+    let (at, n) = pointer_pair(rec, PAYLOAD)?;
+    let payload = list_u8(cx, at, n)?;
+    let (at, n) = pointer_pair(rec, HEADERS)?;
+    let mut headers = Vec::with_capacity(n);
+    for h in array(cx, at, n, HEADER_SIZE, HEADER_ALIGN)?.chunks_exact(HEADER_SIZE) {
+        let (name, name_len) = pointer_pair(h, 0)?;
+        let (value, value_len) = pointer_pair(h, HEADER_VALUE)?;
+        headers.push((
+            string(cx, mem, name, name_len)?,
+            string(cx, mem, value, value_len)?,
+        ));
+    }
+    let mut timestamp = [0; 8];
+    timestamp.copy_from_slice(&rec[TIMESTAMP..TIMESTAMP + 8]);
+    let qos = match rec[QOS] {
+        0 => Qos::AtMostOnce,
+        1 => Qos::AtLeastOnce,
+        2 => Qos::ExactlyOnce,
+        d => wasmtime::bail!("unexpected discriminant: {d}"),
+    };
+    let content_type = match option(rec, CONTENT_TYPE)? {
+        Some((at, n)) => Some(string(cx, mem, at, n)?),
+        None => None,
+    };
+    Ok(Message {
+        topic,
+        kafka_topic,
+        key,
+        payload,
+        headers,
+        timestamp_ms: u64::from_le_bytes(timestamp),
+        qos,
+        retain: rec[RETAIN] != 0,
+        content_type,
+    })
+}
+
+/// The pointer and length at `field` of `rec`.
+fn pointer_pair(rec: &[u8], field: usize) -> wasmtime::Result<(usize, usize)> {
+    let word = |at: usize| -> wasmtime::Result<usize> {
+        let bytes = rec
+            .get(at..at + 4)
+            .ok_or_else(|| wasmtime::format_err!("record too short"))?;
+        let mut word = [0; 4];
+        word.copy_from_slice(bytes);
+        Ok(u32::from_le_bytes(word) as usize)
+    };
+    Ok((word(field)?, word(field + 4)?))
+}
+
+/// The pointer pair of the `option` at `field` of `rec`, if it is `some`.
+fn option(rec: &[u8], field: usize) -> wasmtime::Result<Option<(usize, usize)>> {
+    match rec[field] {
+        0 => Ok(None),
+        1 => pointer_pair(rec, field + OPTION_PAYLOAD).map(Some),
+        d => wasmtime::bail!("invalid option discriminant: {d}"),
+    }
+}
+
+/// The `n` elements of `size` bytes at guest address `at`, checked as
+/// wasmtime checks a list: in bounds, aligned, and paid for with host-call
+/// fuel.
+fn array<'a>(
+    cx: &mut LiftContext<'a>,
+    at: usize,
+    n: usize,
+    size: usize,
+    align: u32,
+) -> wasmtime::Result<&'a [u8]> {
+    let mem = cx.memory();
+    let bytes = n
+        .checked_mul(size)
+        .and_then(|len| mem.get(at..at.checked_add(len)?))
+        .ok_or_else(|| wasmtime::format_err!("list pointer/length out of bounds of memory"))?;
+    if !at.is_multiple_of(align as usize) {
+        wasmtime::bail!("list pointer is not aligned");
+    }
+    cx.consume_fuel(bytes.len())?;
+    Ok(bytes)
+}
+
+/// The UTF-8 string of `n` bytes at guest address `at`.
+fn string(cx: &mut LiftContext<'_>, mem: &[u8], at: usize, n: usize) -> wasmtime::Result<String> {
+    let bytes = mem
+        .get(at..at.saturating_add(n))
+        .ok_or_else(|| wasmtime::format_err!("string pointer/length out of bounds of memory"))?;
+    cx.consume_fuel(n)?;
+    Ok(std::str::from_utf8(bytes)?.to_owned())
+}
+
+/// The `list<u8>` of `n` bytes at guest address `at`.
+fn list_u8(cx: &mut LiftContext<'_>, at: usize, n: usize) -> wasmtime::Result<Bytes> {
+    array(cx, at, n, 1, 1).map(Bytes::copy_from_slice)
 }
 
 /// Whether the guest takes strings as UTF-8, the host's encoding.

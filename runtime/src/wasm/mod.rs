@@ -65,9 +65,6 @@ use bindings::{Transform, TransformPre};
 /// The interface every transform exports.
 const TRANSFORMER: &str = "sluice:transform/transformer@0.1.0";
 
-/// What `process` returns.
-type ProcessResults = Vec<Result<Vec<wit::MessageResult>, wit::TransformError>>;
-
 /// How often the epoch ticks; time budgets are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -600,7 +597,7 @@ fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), WasmError> {
 /// One sandboxed, initialised instance of a plugin.
 pub struct Instance {
     store: Store<HostState>,
-    /// `process`, type-checked against [`abi::Batch`] and [`ProcessResults`].
+    /// `process`, type-checked against [`abi::Batch`] and [`abi::Results`].
     process: Func,
     ticks: u64,
     limits: Limits,
@@ -668,7 +665,7 @@ impl Instance {
                 let process = instance
                     .get_func(&mut store, plugin.process)
                     .ok_or_else(|| wasmtime::format_err!("`process` is not a function"))?;
-                process.typed::<(abi::Batch<'static>,), (ProcessResults,)>(&store)?;
+                process.typed::<(abi::Batch<'static>,), (abi::Results,)>(&store)?;
                 Ok((bindings, process))
             });
         let (bindings, process) = instantiated.map_err(|e| {
@@ -708,10 +705,9 @@ impl Instance {
     pub fn process(&mut self, batch: &[Message]) -> Result<Processed, CallError> {
         self.store.set_epoch_deadline(self.ticks);
         // SAFETY: `Instance::new` type-checked `process` against these types.
-        let process = unsafe {
-            TypedFunc::<(abi::Batch<'_>,), (ProcessResults,)>::new_unchecked(self.process)
-        };
-        let (out,) = process
+        let process =
+            unsafe { TypedFunc::<(abi::Batch<'_>,), (abi::Results,)>::new_unchecked(self.process) };
+        let (abi::Results(out),) = process
             .call(&mut self.store, (abi::Batch(batch),))
             .map_err(|e| describe_trap(&e, self.store.data(), &self.limits))?;
         if out.len() != batch.len() {
@@ -729,13 +725,13 @@ impl Instance {
             .into_iter()
             .map(|r| match r {
                 Ok(msgs) => match check_outputs(&msgs, &self.limits) {
-                    Ok(()) => Ok(msgs.into_iter().map(from_wit).collect()),
+                    Ok(()) => Ok(msgs),
                     Err(reason) => {
                         over_limit += 1;
                         Err(reason)
                     }
                 },
-                Err(e) => Err(truncate(e.message)),
+                Err(e) => Err(truncate(e)),
             })
             .collect();
         Ok(Processed {
@@ -747,7 +743,7 @@ impl Instance {
 
 /// Checks the outputs for one input against `max_outputs` and
 /// `max_output_bytes`.
-fn check_outputs(msgs: &[wit::MessageResult], limits: &Limits) -> Result<(), String> {
+fn check_outputs(msgs: &[Message], limits: &Limits) -> Result<(), String> {
     let count = msgs.len() as u64;
     if count > limits.max_outputs {
         return Err(format!(
@@ -766,7 +762,7 @@ fn check_outputs(msgs: &[wit::MessageResult], limits: &Limits) -> Result<(), Str
 }
 
 /// The bytes of one output that `max_output_bytes` counts.
-fn output_bytes(m: &wit::MessageResult) -> u64 {
+fn output_bytes(m: &Message) -> u64 {
     let len = |s: &str| s.len() as u64;
     len(&m.topic)
         + m.kafka_topic.as_deref().map_or(0, len)
@@ -774,7 +770,7 @@ fn output_bytes(m: &wit::MessageResult) -> u64 {
         + m.payload.len() as u64
         + m.headers
             .iter()
-            .map(|h| len(&h.name) + len(&h.value))
+            .map(|(name, value)| len(name) + len(value))
             .sum::<u64>()
         + m.content_type.as_deref().map_or(0, len)
 }
@@ -934,18 +930,15 @@ mod tests {
         }
     }
 
-    fn output(payload_len: usize) -> wit::MessageResult {
-        wit::MessageResult {
+    fn output(payload_len: usize) -> Message {
+        Message {
             topic: "a/b".into(),
             kafka_topic: Some("k".into()),
-            key: Some(vec![1, 2]),
-            payload: vec![0; payload_len],
-            headers: vec![wit::HeaderResult {
-                name: "n".into(),
-                value: "vv".into(),
-            }],
+            key: Some(vec![1, 2].into()),
+            payload: vec![0; payload_len].into(),
+            headers: vec![("n".into(), "vv".into())],
             timestamp_ms: 0,
-            qos: wit::Qos::AtLeastOnce,
+            qos: Qos::AtLeastOnce,
             retain: false,
             content_type: Some("ct".into()),
         }
