@@ -90,7 +90,7 @@ unsafe impl Lower for Batch<'_> {
         ty: InterfaceType,
         dst: &mut MaybeUninit<[ValRaw; 2]>,
     ) -> wasmtime::Result<()> {
-        if !utf8(cx) {
+        if !utf8(&cx.options().string_encoding) {
             return self.generic(|params| params.linear_lower_to_flat(cx, ty, dst));
         }
         let (ptr, len) = self.store(cx)?;
@@ -104,7 +104,7 @@ unsafe impl Lower for Batch<'_> {
         ty: InterfaceType,
         offset: usize,
     ) -> wasmtime::Result<()> {
-        if !utf8(cx) {
+        if !utf8(&cx.options().string_encoding) {
             return self.generic(|params| params.linear_lower_to_memory(cx, ty, offset));
         }
         let (ptr, len) = self.store(cx)?;
@@ -141,22 +141,22 @@ impl Batch<'_> {
         // a realloc may grow (move) memory, so nothing is written yet.
         let mut at = Vec::with_capacity(messages.len() * 4);
         for m in messages {
-            at.push(alloc(cx, 1, &m.topic)?);
+            at.push(alloc(cx, &m.topic)?);
             if let Some(t) = &m.kafka_topic {
-                at.push(alloc(cx, 1, t)?);
+                at.push(alloc(cx, t)?);
             }
             if let Some(k) = &m.key {
-                at.push(alloc(cx, 1, k)?);
+                at.push(alloc(cx, k)?);
             }
-            at.push(alloc(cx, 1, &m.payload)?);
+            at.push(alloc(cx, &m.payload)?);
             let size = array_size(m.headers.len(), HEADER_SIZE)?;
             at.push(cx.realloc(0, 0, HEADER_ALIGN, size)?);
             for (name, value) in &m.headers {
-                at.push(alloc(cx, 1, name)?);
-                at.push(alloc(cx, 1, value)?);
+                at.push(alloc(cx, name)?);
+                at.push(alloc(cx, value)?);
             }
             if let Some(c) = &m.content_type {
-                at.push(alloc(cx, 1, c)?);
+                at.push(alloc(cx, c)?);
             }
         }
 
@@ -242,7 +242,7 @@ unsafe impl Lift for Results {
         ty: InterfaceType,
         src: &[ValRaw; 2],
     ) -> wasmtime::Result<Self> {
-        if !matches!(cx.options().string_encoding, StringEncoding::Utf8) {
+        if !utf8(&cx.options().string_encoding) {
             return WitResults::linear_lift_from_flat(cx, ty, src).map(Self::from_wit);
         }
         Self::lift(cx, src[0].get_u32() as usize, src[1].get_u32() as usize)
@@ -253,7 +253,7 @@ unsafe impl Lift for Results {
         ty: InterfaceType,
         bytes: &[u8],
     ) -> wasmtime::Result<Self> {
-        if !matches!(cx.options().string_encoding, StringEncoding::Utf8) {
+        if !utf8(&cx.options().string_encoding) {
             return WitResults::linear_lift_from_memory(cx, ty, bytes).map(Self::from_wit);
         }
         let (ptr, len) = pointer_pair(bytes, 0)?;
@@ -313,8 +313,10 @@ fn lift_message(cx: &mut LiftContext<'_>, mem: &[u8], rec: &[u8]) -> wasmtime::R
     let (at, n) = pointer_pair(rec, PAYLOAD)?;
     let payload = list_u8(cx, at, n)?;
     let (at, n) = pointer_pair(rec, HEADERS)?;
+    // Checked against the guest's memory before anything is reserved for it.
+    let records = array(cx, at, n, HEADER_SIZE, HEADER_ALIGN)?;
     let mut headers = Vec::with_capacity(n);
-    for h in array(cx, at, n, HEADER_SIZE, HEADER_ALIGN)?.chunks_exact(HEADER_SIZE) {
+    for h in records.chunks_exact(HEADER_SIZE) {
         let (name, name_len) = pointer_pair(h, 0)?;
         let (value, value_len) = pointer_pair(h, HEADER_VALUE)?;
         headers.push((
@@ -405,9 +407,10 @@ fn list_u8(cx: &mut LiftContext<'_>, at: usize, n: usize) -> wasmtime::Result<By
     array(cx, at, n, 1, 1).map(Bytes::copy_from_slice)
 }
 
-/// Whether the guest takes strings as UTF-8, the host's encoding.
-fn utf8<T>(cx: &LowerContext<'_, T>) -> bool {
-    matches!(cx.options().string_encoding, StringEncoding::Utf8)
+/// Whether the guest takes strings as UTF-8, the host's encoding (from its
+/// canonical options, `cx.options().string_encoding`).
+fn utf8(encoding: &StringEncoding) -> bool {
+    matches!(encoding, StringEncoding::Utf8)
 }
 
 /// `n` elements of `size` bytes, as a guest allocation size.
@@ -419,17 +422,14 @@ fn array_size(n: usize, size: usize) -> wasmtime::Result<usize> {
         })
 }
 
-/// Allocates room for `bytes` (a string or a `list<u8>`) in the guest.
-fn alloc<T>(
-    cx: &mut LowerContext<'_, T>,
-    align: u32,
-    bytes: impl AsRef<[u8]>,
-) -> wasmtime::Result<usize> {
+/// Allocates room for `bytes` (a string or a `list<u8>`, both aligned to
+/// 1) in the guest.
+fn alloc<T>(cx: &mut LowerContext<'_, T>, bytes: impl AsRef<[u8]>) -> wasmtime::Result<usize> {
     let len = bytes.as_ref().len();
     if len > MAX_STRING {
         wasmtime::bail!("{len} bytes are too large to copy into wasm");
     }
-    cx.realloc(0, 0, align, len)
+    cx.realloc(0, 0, 1, len)
 }
 
 /// Copies `bytes` to guest address `to` and writes its pointer pair at
