@@ -34,7 +34,7 @@ use wasmtime::component::{ComponentType, Lift, Lower};
 use wasmtime::ValRaw;
 
 use super::chain::Outputs;
-use super::{from_wit, headers_to_wit, to_wit, wit};
+use super::wit;
 use crate::message::{Message, Qos};
 
 /// `message`: size and alignment of one record, and its fields' offsets.
@@ -170,18 +170,10 @@ impl Batch<'_> {
             let mut rec = [0u8; MESSAGE_SIZE];
             copy(mem, &mut rec, TOPIC, next()?, m.topic.as_bytes())?;
             if let Some(t) = &m.kafka_topic {
-                rec[KAFKA_TOPIC] = 1;
-                copy(
-                    mem,
-                    &mut rec,
-                    KAFKA_TOPIC + OPTION_PAYLOAD,
-                    next()?,
-                    t.as_bytes(),
-                )?;
+                copy_some(mem, &mut rec, KAFKA_TOPIC, next()?, t.as_bytes())?;
             }
             if let Some(k) = &m.key {
-                rec[KEY] = 1;
-                copy(mem, &mut rec, KEY + OPTION_PAYLOAD, next()?, k)?;
+                copy_some(mem, &mut rec, KEY, next()?, k)?;
             }
             copy(mem, &mut rec, PAYLOAD, next()?, &m.payload)?;
             let headers = next()?;
@@ -200,14 +192,7 @@ impl Batch<'_> {
             };
             rec[RETAIN] = u8::from(m.retain);
             if let Some(c) = &m.content_type {
-                rec[CONTENT_TYPE] = 1;
-                copy(
-                    mem,
-                    &mut rec,
-                    CONTENT_TYPE + OPTION_PAYLOAD,
-                    next()?,
-                    c.as_bytes(),
-                )?;
+                copy_some(mem, &mut rec, CONTENT_TYPE, next()?, c.as_bytes())?;
             }
             region(mem, array + i * MESSAGE_SIZE, MESSAGE_SIZE)?.copy_from_slice(&rec);
         }
@@ -302,14 +287,12 @@ impl Results {
 fn lift_message(cx: &mut LiftContext<'_>, mem: &[u8], rec: &[u8]) -> wasmtime::Result<Message> {
     let (at, n) = pointer_pair(rec, TOPIC)?;
     let topic = string(cx, mem, at, n)?;
-    let kafka_topic = match option(rec, KAFKA_TOPIC)? {
-        Some((at, n)) => Some(string(cx, mem, at, n)?),
-        None => None,
-    };
-    let key = match option(rec, KEY)? {
-        Some((at, n)) => Some(list_u8(cx, at, n)?),
-        None => None,
-    };
+    let kafka_topic = option(rec, KAFKA_TOPIC)?
+        .map(|(at, n)| string(cx, mem, at, n))
+        .transpose()?;
+    let key = option(rec, KEY)?
+        .map(|(at, n)| list_u8(cx, at, n))
+        .transpose()?;
     let (at, n) = pointer_pair(rec, PAYLOAD)?;
     let payload = list_u8(cx, at, n)?;
     let (at, n) = pointer_pair(rec, HEADERS)?;
@@ -332,10 +315,9 @@ fn lift_message(cx: &mut LiftContext<'_>, mem: &[u8], rec: &[u8]) -> wasmtime::R
         2 => Qos::ExactlyOnce,
         d => wasmtime::bail!("unexpected discriminant: {d}"),
     };
-    let content_type = match option(rec, CONTENT_TYPE)? {
-        Some((at, n)) => Some(string(cx, mem, at, n)?),
-        None => None,
-    };
+    let content_type = option(rec, CONTENT_TYPE)?
+        .map(|(at, n)| string(cx, mem, at, n))
+        .transpose()?;
     Ok(Message {
         topic,
         kafka_topic,
@@ -446,6 +428,18 @@ fn copy(
     Ok(())
 }
 
+/// Like [`copy`], for the `some` case of the `option` at `field` of `rec`.
+fn copy_some(
+    mem: &mut [u8],
+    rec: &mut [u8],
+    field: usize,
+    to: usize,
+    bytes: &[u8],
+) -> wasmtime::Result<()> {
+    rec[field] = 1;
+    copy(mem, rec, field + OPTION_PAYLOAD, to, bytes)
+}
+
 /// Writes a pointer and a length (both fit in `u32`: they were checked
 /// when allocated) at `field` of `rec`.
 fn pair(rec: &mut [u8], field: usize, ptr: usize, len: usize) {
@@ -466,6 +460,54 @@ fn region(mem: &mut [u8], at: usize, len: usize) -> wasmtime::Result<&mut [u8]> 
     mem.get_mut(at..at.saturating_add(len)).ok_or_else(|| {
         wasmtime::format_err!("{len} bytes at {at} are outside the guest's {size}-byte memory")
     })
+}
+
+// `bindgen!`'s view of host messages, for guests with other string
+// encodings than UTF-8.
+
+fn headers_to_wit(m: &Message) -> Vec<wit::HeaderParam<'_>> {
+    m.headers
+        .iter()
+        .map(|(name, value)| wit::HeaderParam { name, value })
+        .collect()
+}
+
+/// The guest's view of `m`, borrowing everything (lowered into the guest
+/// without an intermediate copy).
+fn to_wit<'a>(m: &'a Message, headers: &'a [wit::HeaderParam<'a>]) -> wit::MessageParam<'a> {
+    wit::MessageParam {
+        topic: &m.topic,
+        kafka_topic: m.kafka_topic.as_deref(),
+        key: m.key.as_deref(),
+        payload: &m.payload,
+        headers,
+        timestamp_ms: m.timestamp_ms,
+        qos: match m.qos {
+            Qos::AtMostOnce => wit::Qos::AtMostOnce,
+            Qos::AtLeastOnce => wit::Qos::AtLeastOnce,
+            Qos::ExactlyOnce => wit::Qos::ExactlyOnce,
+        },
+        retain: m.retain,
+        content_type: m.content_type.as_deref(),
+    }
+}
+
+fn from_wit(m: wit::MessageResult) -> Message {
+    Message {
+        topic: m.topic,
+        kafka_topic: m.kafka_topic,
+        key: m.key.map(Into::into),
+        payload: m.payload.into(),
+        headers: m.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        timestamp_ms: m.timestamp_ms,
+        qos: match m.qos {
+            wit::Qos::AtMostOnce => Qos::AtMostOnce,
+            wit::Qos::AtLeastOnce => Qos::AtLeastOnce,
+            wit::Qos::ExactlyOnce => Qos::ExactlyOnce,
+        },
+        retain: m.retain,
+        content_type: m.content_type,
+    }
 }
 
 #[cfg(test)]

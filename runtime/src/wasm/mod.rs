@@ -45,7 +45,7 @@ use wasmtime::{Config, Engine, EngineWeak, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config::{Capability, Limits, Pos, TransformConfig};
-use crate::message::{Message, Qos};
+use crate::message::Message;
 use chain::Outputs;
 
 mod bindings {
@@ -850,51 +850,6 @@ fn describe_trap(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> Cal
     }
 }
 
-fn headers_to_wit(m: &Message) -> Vec<wit::HeaderParam<'_>> {
-    m.headers
-        .iter()
-        .map(|(name, value)| wit::HeaderParam { name, value })
-        .collect()
-}
-
-/// The guest's view of `m`, borrowing everything (lowered into the guest
-/// without an intermediate copy).
-fn to_wit<'a>(m: &'a Message, headers: &'a [wit::HeaderParam<'a>]) -> wit::MessageParam<'a> {
-    wit::MessageParam {
-        topic: &m.topic,
-        kafka_topic: m.kafka_topic.as_deref(),
-        key: m.key.as_deref(),
-        payload: &m.payload,
-        headers,
-        timestamp_ms: m.timestamp_ms,
-        qos: match m.qos {
-            Qos::AtMostOnce => wit::Qos::AtMostOnce,
-            Qos::AtLeastOnce => wit::Qos::AtLeastOnce,
-            Qos::ExactlyOnce => wit::Qos::ExactlyOnce,
-        },
-        retain: m.retain,
-        content_type: m.content_type.as_deref(),
-    }
-}
-
-fn from_wit(m: wit::MessageResult) -> Message {
-    Message {
-        topic: m.topic,
-        kafka_topic: m.kafka_topic,
-        key: m.key.map(Into::into),
-        payload: m.payload.into(),
-        headers: m.headers.into_iter().map(|h| (h.name, h.value)).collect(),
-        timestamp_ms: m.timestamp_ms,
-        qos: match m.qos {
-            wit::Qos::AtMostOnce => Qos::AtMostOnce,
-            wit::Qos::AtLeastOnce => Qos::AtLeastOnce,
-            wit::Qos::ExactlyOnce => Qos::ExactlyOnce,
-        },
-        retain: m.retain,
-        content_type: m.content_type,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -938,7 +893,7 @@ mod tests {
             payload: vec![0; payload_len].into(),
             headers: vec![("n".into(), "vv".into())],
             timestamp_ms: 0,
-            qos: Qos::AtLeastOnce,
+            qos: crate::message::Qos::AtLeastOnce,
             retain: false,
             content_type: Some("ct".into()),
         }
