@@ -57,8 +57,9 @@ struct Field<'a> {
 }
 
 impl<'a> Field<'a> {
+    #[inline]
     fn new(name: Cow<'a, str>, value: FieldValue<'a>) -> Self {
-        let plain = name.bytes().all(plain_byte);
+        let plain = plain(&name);
         Field { name, plain, value }
     }
 }
@@ -88,6 +89,7 @@ impl FieldValue<'_> {
 
     /// The value as a number, `None` when it is not one (like
     /// [`Value::as_f64`], without building a `Value`).
+    #[inline]
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             FieldValue::Raw(raw) => serde_json::from_str(raw).ok(),
@@ -117,12 +119,12 @@ impl<'a> JsonFields<'a> {
     pub fn parse(payload: &'a [u8]) -> Result<Self, String> {
         // One UTF-8 check of the whole payload, so that the parser need not
         // check each string and raw value again.
-        let parsed = match std::str::from_utf8(payload) {
-            Ok(text) => match Scanner::object(text) {
+        let parsed = match utf8(payload) {
+            Some(text) => match Scanner::object(text) {
                 Some(fields) => Ok(JsonFields { fields }),
                 None => serde_json::from_str::<JsonFields<'a>>(text),
             },
-            Err(_) => serde_json::from_slice::<JsonFields<'a>>(payload),
+            None => serde_json::from_slice::<JsonFields<'a>>(payload),
         };
         match parsed {
             Ok(mut fields) => {
@@ -155,12 +157,14 @@ impl<'a> JsonFields<'a> {
     }
 
     /// The value of field `name`, as it is now.
+    #[inline]
     pub fn get(&self, name: &str) -> Option<&FieldValue<'a>> {
         self.position(name).map(|i| &self.fields[i].value)
     }
 
     /// The value of field `name` parsed into a [`serde_json::Value`];
     /// `Ok(None)` when there is no such field.
+    #[inline]
     pub fn value(&self, name: &str) -> Result<Option<Value>, String> {
         self.get(name).map(FieldValue::to_value).transpose()
     }
@@ -178,6 +182,7 @@ impl<'a> JsonFields<'a> {
 
     /// Removes field `name` and returns its value; the other fields keep
     /// their order.
+    #[inline]
     pub fn remove(&mut self, name: &str) -> Option<FieldValue<'a>> {
         self.position(name).map(|i| self.fields.remove(i).value)
     }
@@ -216,6 +221,7 @@ impl<'a> JsonFields<'a> {
         out
     }
 
+    #[inline]
     fn position(&self, name: &str) -> Option<usize> {
         self.fields.iter().position(|f| same_name(&f.name, name))
     }
@@ -370,6 +376,64 @@ fn plain_byte(b: u8) -> bool {
     b >= 0x20 && b != b'"' && b != b'\\'
 }
 
+/// Whether every byte of `text` is a [`plain_byte`], eight at a time (the
+/// last eight overlapping the ones before), without a step per byte.
+fn plain(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let word = |at: usize| bytes.get(at..).and_then(|b| b.first_chunk::<8>());
+    let half = |at: usize| bytes.get(at..).and_then(|b| b.first_chunk::<4>());
+    let plain_word = |w: u64| special_bytes(w) == 0;
+    match bytes.len() {
+        0..4 => bytes.iter().all(|&b| plain_byte(b)),
+        n @ 4..8 => match (half(0), half(n - 4)) {
+            (Some(a), Some(b)) => plain_word(
+                u64::from(u32::from_le_bytes(*a)) << 32 | u64::from(u32::from_le_bytes(*b)),
+            ),
+            _ => false,
+        },
+        n => {
+            let mut at = 0;
+            while let Some(w) = word(at).filter(|_| at + 8 < n) {
+                if !plain_word(u64::from_le_bytes(*w)) {
+                    return false;
+                }
+                at += 8;
+            }
+            word(n - 8).is_some_and(|w| plain_word(u64::from_le_bytes(*w)))
+        }
+    }
+}
+
+/// The high bit set in each byte of a little-endian word that is not a
+/// [`plain_byte`], exactly up to the first one.
+#[inline(always)]
+fn special_bytes(word: u64) -> u64 {
+    zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
+}
+
+/// `payload` as text, if it is UTF-8. ASCII, the usual payload, is checked
+/// sixteen bytes a step; the standard library's check only sees the rest
+/// from the first word with a byte above 0x7f. (On `wasm32` its words are
+/// `usize`, four bytes, and each step of a loop costs an interruption
+/// check in WebAssembly.)
+fn utf8(payload: &[u8]) -> Option<&str> {
+    const HIGH_16: u128 = u128::from_ne_bytes([0x80; 16]);
+    let mut rest = payload;
+    while let Some((chunk, tail)) = rest.split_first_chunk::<16>() {
+        if u128::from_ne_bytes(*chunk) & HIGH_16 != 0 {
+            break;
+        }
+        rest = tail;
+    }
+    std::str::from_utf8(rest).ok()?;
+    // SAFETY: the bytes before `rest` are ASCII and `rest` is UTF-8; an
+    // ASCII byte never ends or starts inside a character, so the whole
+    // payload is UTF-8.
+    Some(unsafe { std::str::from_utf8_unchecked(payload) })
+}
+
 /// Deepest nesting of arrays and objects inside a field's value that
 /// [`Scanner`] checks itself; deeper values go to serde_json.
 const MAX_DEPTH: usize = 32;
@@ -467,9 +531,7 @@ impl<'a> Scanner<'a> {
         // control character (one step per byte costs an interruption check
         // per byte in WebAssembly).
         while let Some(word) = self.word() {
-            let special = zero_bytes(word ^ (ONES * u64::from(b'"')))
-                | zero_bytes(word ^ (ONES * u64::from(b'\\')))
-                | (word.wrapping_sub(ONES * 0x20) & !word & HIGH);
+            let special = special_bytes(word);
             if special != 0 {
                 self.at += first_byte(special);
                 return self.string_end(start);
@@ -856,6 +918,51 @@ mod tests {
             let msg = Message::new("t", payload);
             let expected = msg.json_object().unwrap_err();
             assert_eq!(JsonFields::parse(payload).unwrap_err(), expected);
+        }
+    }
+
+    #[test]
+    fn plain_finds_a_byte_to_escape_at_any_offset_of_any_length() {
+        for n in 0..=40 {
+            let name: String = "abcdefghij\u{e9}klmnopqrstuvwxyz0123456789"
+                .chars()
+                .take(n)
+                .collect();
+            assert!(plain(&name), "{name:?}");
+            let chars: Vec<char> = name.chars().collect();
+            for i in 0..chars.len() {
+                for bad in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+                    let mut with = chars.clone();
+                    with[i] = bad;
+                    let with: String = with.into_iter().collect();
+                    assert!(!plain(&with), "{with:?}");
+                    assert!(!with.bytes().all(plain_byte));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn utf8_agrees_with_the_standard_library_at_any_offset() {
+        for n in 0..=40 {
+            let ascii: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            assert_eq!(utf8(&ascii), std::str::from_utf8(&ascii).ok());
+            for i in 0..=n {
+                for insert in [
+                    &b"\xc3\xa9"[..],
+                    b"\xe2\x82\xac",
+                    b"\xf0\x9f\x98\x80",
+                    b"\xff",
+                    b"\xc3",
+                    b"\x80",
+                    b"\xed\xa0\x80",
+                    b"\xf0\x9f\x98",
+                ] {
+                    let mut text = ascii.clone();
+                    text.splice(i..i, insert.iter().copied());
+                    assert_eq!(utf8(&text), std::str::from_utf8(&text).ok(), "{text:?}");
+                }
+            }
         }
     }
 

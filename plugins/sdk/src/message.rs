@@ -147,6 +147,7 @@ impl Message {
 
     /// Level `index` (0-based) of the MQTT topic: for `sensors/dev-42/telemetry`,
     /// level 1 is `dev-42`. `None` when the topic has fewer levels.
+    #[inline]
     pub fn topic_level(&self, index: usize) -> Option<&str> {
         // One pass over the bytes: `split` calls `memchr` per level, which
         // in WebAssembly costs more than a topic level's few bytes.
