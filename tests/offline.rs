@@ -448,3 +448,60 @@ fn every_field_of_every_kind_of_message_crosses_into_a_plugin_and_back() {
         check(std::slice::from_ref(m), processed.results);
     }
 }
+
+/// A plugin whose results break the canonical ABI (plugins/fixtures/
+/// malformed: a topic outside its memory, a topic that is not UTF-8, a
+/// payload longer than its memory) fails its call with the reason, the
+/// host neither panics nor trusts the lengths, and a fresh instance of the
+/// same plugin works.
+#[test]
+fn malformed_results_fail_the_call_and_a_fresh_instance_works() {
+    use bytes::Bytes;
+    use sluice::config::{Limits, Pos, TransformConfig};
+    use sluice::message::Message;
+    use sluice::wasm::{Instance, WasmHost};
+
+    let host = WasmHost::new(None).expect("wasm engine");
+    let message = |payload: &'static str| Message {
+        topic: "a/dev-1".into(),
+        payload: Bytes::from_static(payload.as_bytes()),
+        ..Message::default()
+    };
+    let batch = [message("ok-0"), message("attack"), message("ok-1")];
+    for (mode, reason) in [
+        (
+            "out-of-bounds",
+            "string pointer/length out of bounds of memory",
+        ),
+        ("bad-utf8", "invalid utf-8"),
+        (
+            "huge-payload",
+            "list pointer/length out of bounds of memory",
+        ),
+    ] {
+        let t = TransformConfig {
+            name: "malformed".into(),
+            plugin: plugin("malformed"),
+            config_json: format!(r#"{{"mode": "{mode}"}}"#),
+            limits: Limits::default(),
+            capabilities: Vec::new(),
+            env: Vec::new(),
+            plugin_pos: Pos { line: 1, col: 1 },
+            config_pos: Pos { line: 1, col: 1 },
+        };
+        let loaded = host.load(&t).expect("malformed plugin");
+        let mut instance = Instance::new(&loaded, "abi", &t).expect("init");
+        let err = match instance.process(&batch) {
+            Ok(processed) => panic!("{mode}: the call succeeded: {:?}", processed.results),
+            Err(err) => err,
+        };
+        println!("{mode}: {} ({})", err.reason, err.kind);
+        assert_eq!(err.kind, "trap", "{mode}");
+        assert!(err.reason.contains(reason), "{mode}: {}", err.reason);
+
+        let mut fresh = Instance::new(&loaded, "abi", &t).expect("init again");
+        let processed = fresh.process(&[message("ok-2")]).expect("a clean batch");
+        let outputs = processed.results[0].as_ref().expect("passed through");
+        assert_eq!(outputs.as_slice(), [message("ok-2")], "{mode}");
+    }
+}

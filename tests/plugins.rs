@@ -1,7 +1,7 @@
 //! Hostile plugins: each misbehaving guest (plugins/fixtures: `hostile` in
-//! one of its modes, `wrong-count`, `ungranted`) runs in one pipeline while
-//! a healthy pipeline in the same `sluice run` process keeps delivering a
-//! sequence-numbered stream, through real mosquitto and tansu.
+//! one of its modes, `wrong-count`, `malformed`, `ungranted`) runs in one
+//! pipeline while a healthy pipeline in the same `sluice run` process keeps
+//! delivering a sequence-numbered stream, through real mosquitto and tansu.
 //!
 //! For each one the test checks that the attack messages land in the
 //! hostile pipeline's dead-letter topic with the reason in
@@ -322,6 +322,18 @@ fn a_wrong_number_of_results_is_invalid() {
         settings: "",
         kind: "invalid",
         reason: "returned 0 results for a batch of 1 messages",
+        at_least: Duration::ZERO,
+    });
+}
+
+#[test]
+fn results_that_break_the_canonical_abi_fail_their_batch() {
+    survives(Case {
+        name: "malformed",
+        plugin: "malformed",
+        settings: "    config: { mode: out-of-bounds }",
+        kind: "trap",
+        reason: "string pointer/length out of bounds of memory",
         at_least: Duration::ZERO,
     });
 }
