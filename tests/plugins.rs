@@ -332,8 +332,8 @@ fn results_that_break_the_canonical_abi_fail_their_batch() {
         name: "malformed",
         plugin: "malformed",
         settings: "    config: { mode: out-of-bounds }",
-        kind: "trap",
-        reason: "string pointer/length out of bounds of memory",
+        kind: "invalid",
+        reason: "plugin returned malformed results: string pointer/length out of bounds of memory",
         at_least: Duration::ZERO,
     });
 }

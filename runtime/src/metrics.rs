@@ -203,7 +203,7 @@ impl Metrics {
             ),
             traps: counter(
                 "sluice_plugin_traps_total",
-                "Plugin failures by kind: trap, timeout, memory, stack, invalid (wrong result count, too many or too large outputs).",
+                "Plugin failures by kind: trap, timeout, memory, stack, invalid (wrong result count, malformed results, too many or too large outputs).",
                 &["pipeline", "transform", "kind"],
             ),
             mqtt_connected: gauge(

@@ -228,9 +228,12 @@ unsafe impl Lift for Results {
         src: &[ValRaw; 2],
     ) -> wasmtime::Result<Self> {
         if !utf8(&cx.options().string_encoding) {
-            return WitResults::linear_lift_from_flat(cx, ty, src).map(Self::from_wit);
+            return WitResults::linear_lift_from_flat(cx, ty, src)
+                .map(Self::from_wit)
+                .map_err(Malformed::wrap);
         }
         Self::lift(cx, src[0].get_u32() as usize, src[1].get_u32() as usize)
+            .map_err(Malformed::wrap)
     }
 
     fn linear_lift_from_memory(
@@ -239,12 +242,37 @@ unsafe impl Lift for Results {
         bytes: &[u8],
     ) -> wasmtime::Result<Self> {
         if !utf8(&cx.options().string_encoding) {
-            return WitResults::linear_lift_from_memory(cx, ty, bytes).map(Self::from_wit);
+            return WitResults::linear_lift_from_memory(cx, ty, bytes)
+                .map(Self::from_wit)
+                .map_err(Malformed::wrap);
         }
-        let (ptr, len) = pointer_pair(bytes, 0)?;
-        Self::lift(cx, ptr, len)
+        pointer_pair(bytes, 0)
+            .and_then(|(ptr, len)| Self::lift(cx, ptr, len))
+            .map_err(Malformed::wrap)
     }
 }
+
+/// Why a plugin's results could not be lifted: they break the canonical
+/// ABI (a pointer or length outside the guest's memory, a misaligned list,
+/// a bad discriminant, a string that is not UTF-8) or exceed wasmtime's
+/// host-call fuel. No well-behaved guest returns such results; the host
+/// counts them as `invalid`, like a wrong number of results.
+#[derive(Debug)]
+pub struct Malformed(String);
+
+impl Malformed {
+    fn wrap(e: wasmtime::Error) -> wasmtime::Error {
+        wasmtime::Error::new(Malformed(e.to_string()))
+    }
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "plugin returned malformed results: {}", self.0)
+    }
+}
+
+impl std::error::Error for Malformed {}
 
 impl Results {
     fn from_wit(results: WitResults) -> Self {

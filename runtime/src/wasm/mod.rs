@@ -20,10 +20,11 @@
 //!   interruption, ticking every [`EPOCH_TICK`]), the wasm stack (an engine
 //!   setting in wasmtime, so the host keeps one engine per distinct
 //!   `stack_kb`), and the number and size of the outputs for one input.
-//!   A trap, a timeout, an overrun or a wrong number of results fails the
-//!   whole call and poisons the instance, so the caller recreates it with
-//!   [`Instance::new`]; too many or too large outputs for one input fail
-//!   only that input (see [`Processed`]).
+//!   A trap, a timeout, an overrun, a wrong number of results or malformed
+//!   results (see `abi::Malformed`) fails the whole call and poisons the
+//!   instance, so the caller recreates it with [`Instance::new`]; too many
+//!   or too large outputs for one input fail only that input (see
+//!   [`Processed`]).
 //!
 //! This is the only module that calls `wasmtime::component::bindgen!`.
 
@@ -819,6 +820,12 @@ fn describe_trap(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> Cal
                 "plugin exceeded its memory limit of {} MiB (limits.memory_mb)",
                 limits.memory_mb
             ),
+        };
+    }
+    if let Some(malformed) = e.downcast_ref::<abi::Malformed>() {
+        return CallError {
+            kind: "invalid",
+            reason: malformed.to_string(),
         };
     }
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
