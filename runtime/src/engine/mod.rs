@@ -108,7 +108,8 @@ impl Status {
             .unwrap_or(false)
     }
 
-    /// Source connected.
+    /// Source connected, and subscribed when the session is new (the
+    /// broker routes its topics to it).
     pub fn source_connected(&self) -> bool {
         Self::flag(&self.mqtt)
     }

@@ -520,7 +520,16 @@ async fn run_loop(s: LoopState) {
             Ok((io, rest, session_present, quick_acks)) => {
                 generation += 1;
                 tracing::info!(pipeline = %pipeline, url = %s.url, session_present, generation, "MQTT connected");
-                s.connected.send_replace(true);
+                // Ready once the broker routes our topics to us: at the
+                // SUBACK when we subscribe (see `read_phase`), now when the
+                // broker kept the session and its subscriptions. A message
+                // published between CONNACK and SUBACK does not reach a
+                // new session, so "connected" before that would let a
+                // publisher gated on /readyz lose its first messages.
+                let subscribe = !session_present || first_connect;
+                if !subscribe {
+                    s.connected.send_replace(true);
+                }
                 s.ctx.metrics.mqtt_connected.set(1);
                 s.ctx.report("source", None);
                 backoff = initial;
@@ -529,7 +538,7 @@ async fn run_loop(s: LoopState) {
                 if let Ok(mut w) = s.shared.writer.lock() {
                     *w = Some((generation, out_tx.clone()));
                 }
-                if !session_present || first_connect {
+                if subscribe {
                     let _ = out_tx.send(Out::Subscribe(s.topics.clone()));
                 }
                 first_connect = false;
@@ -729,12 +738,15 @@ async fn read_phase(
                 In::PubRel(pkid) => {
                     let _ = out.send(Out::PubComp(pkid));
                 }
-                In::SubAck(refused) if !refused.is_empty() => {
-                    let names: Vec<&str> = refused
-                        .iter()
-                        .filter_map(|i| s.topics.get(*i).map(|t| t.filter.as_str()))
-                        .collect();
-                    tracing::error!(pipeline = %s.ctx.pipeline, filters = ?names, "broker refused subscriptions");
+                In::SubAck(refused) => {
+                    if !refused.is_empty() {
+                        let names: Vec<&str> = refused
+                            .iter()
+                            .filter_map(|i| s.topics.get(*i).map(|t| t.filter.as_str()))
+                            .collect();
+                        tracing::error!(pipeline = %s.ctx.pipeline, filters = ?names, "broker refused subscriptions");
+                    }
+                    s.connected.send_replace(true);
                 }
                 In::Disconnect(reason) => return Err(format!("broker disconnected us: {reason}")),
                 In::ConnAck { .. } => return Err("unexpected CONNACK".into()),
