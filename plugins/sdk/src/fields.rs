@@ -376,32 +376,16 @@ fn plain_byte(b: u8) -> bool {
     b >= 0x20 && b != b'"' && b != b'\\'
 }
 
-/// Whether every byte of `text` is a [`plain_byte`], eight at a time (the
-/// last eight overlapping the ones before), without a step per byte.
+/// Whether every byte of `text` is a [`plain_byte`], eight at a time.
 fn plain(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let word = |at: usize| bytes.get(at..).and_then(|b| b.first_chunk::<8>());
-    let half = |at: usize| bytes.get(at..).and_then(|b| b.first_chunk::<4>());
-    let plain_word = |w: u64| special_bytes(w) == 0;
-    match bytes.len() {
-        0..4 => bytes.iter().all(|&b| plain_byte(b)),
-        n @ 4..8 => match (half(0), half(n - 4)) {
-            (Some(a), Some(b)) => plain_word(
-                u64::from(u32::from_le_bytes(*a)) << 32 | u64::from(u32::from_le_bytes(*b)),
-            ),
-            _ => false,
-        },
-        n => {
-            let mut at = 0;
-            while let Some(w) = word(at).filter(|_| at + 8 < n) {
-                if !plain_word(u64::from_le_bytes(*w)) {
-                    return false;
-                }
-                at += 8;
-            }
-            word(n - 8).is_some_and(|w| plain_word(u64::from_le_bytes(*w)))
+    let mut rest = text.as_bytes();
+    while let Some((word, tail)) = rest.split_first_chunk::<8>() {
+        if special_bytes(u64::from_le_bytes(*word)) != 0 {
+            return false;
         }
+        rest = tail;
     }
+    rest.iter().all(|&b| plain_byte(b))
 }
 
 /// The high bit set in each byte of a little-endian word that is not a
