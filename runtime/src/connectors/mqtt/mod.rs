@@ -814,6 +814,154 @@ mod tests {
         assert_eq!(receipt_ack_batch(Protocol::V311, 1000), 1);
     }
 
+    /// A broker of our own (fault injection): it answers when the test
+    /// says, so the test sees the source's state between CONNACK and SUBACK.
+    mod broker {
+        use bytes::BytesMut;
+        use rumqttc::mqttbytes::v4::{
+            ConnAck, ConnectReturnCode, Packet, SubAck, SubscribeReasonCode,
+        };
+        use rumqttc::mqttbytes::QoS;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
+
+        pub struct Conn {
+            stream: TcpStream,
+            buf: BytesMut,
+        }
+
+        impl Conn {
+            pub fn new(stream: TcpStream) -> Self {
+                Conn {
+                    stream,
+                    buf: BytesMut::new(),
+                }
+            }
+
+            /// The next packet from the client (PINGREQs skipped).
+            pub async fn read(&mut self) -> Packet {
+                loop {
+                    match Packet::read(&mut self.buf, 1 << 20) {
+                        Ok(Packet::PingReq) => continue,
+                        Ok(p) => return p,
+                        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                        Err(e) => panic!("client sent a malformed packet: {e:?}"),
+                    }
+                    let n = self.stream.read_buf(&mut self.buf).await.expect("read");
+                    assert!(n > 0, "client closed the connection");
+                }
+            }
+
+            pub async fn send(&mut self, p: Packet) {
+                let mut out = BytesMut::new();
+                p.write(&mut out, 1 << 20).expect("encode");
+                self.stream.write_all(&out).await.expect("write");
+            }
+
+            pub async fn connack(&mut self, session_present: bool) {
+                match self.read().await {
+                    Packet::Connect(..) => {}
+                    p => panic!("expected CONNECT, got {p:?}"),
+                }
+                let ack = ConnAck::new(ConnectReturnCode::Success, session_present);
+                self.send(Packet::ConnAck(ack)).await;
+            }
+
+            /// Reads the SUBSCRIBE; returns its packet id and filters.
+            pub async fn subscribe(&mut self) -> (u16, Vec<String>) {
+                match self.read().await {
+                    Packet::Subscribe(s) => {
+                        (s.pkid, s.filters.into_iter().map(|f| f.path).collect())
+                    }
+                    p => panic!("expected SUBSCRIBE, got {p:?}"),
+                }
+            }
+
+            pub async fn suback(&mut self, pkid: u16, n: usize) {
+                let codes = vec![SubscribeReasonCode::Success(QoS::AtLeastOnce); n];
+                self.send(Packet::SubAck(SubAck::new(pkid, codes))).await;
+            }
+        }
+    }
+
+    /// Waits (5 s at most) until `connected` says `want`.
+    async fn wait_for(connected: &mut watch::Receiver<bool>, want: bool, what: &str) {
+        tokio::time::timeout(Duration::from_secs(5), connected.wait_for(|&c| c == want))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting until {what}"))
+            .expect("the source ended");
+    }
+
+    /// Readiness (/readyz) follows `connected`: a new session is ready only
+    /// once the broker acknowledged its subscriptions, because a message
+    /// published between CONNACK and SUBACK does not reach it; a resumed
+    /// session, whose subscriptions the broker kept, is ready at CONNACK.
+    #[tokio::test]
+    async fn a_new_session_is_ready_at_its_suback_and_a_resumed_one_at_its_connack() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("port").port();
+        let cfg: MqttConfig = serde_yaml::from_str(&format!(
+            "url: mqtt://127.0.0.1:{port}\n\
+             client_id: ready\n\
+             protocol: v3.1.1\n\
+             topics: [{{filter: sensors/#, qos: 1}}, {{filter: alarms/#, qos: 1}}]\n\
+             probe_broker: false\n\
+             reconnect: {{initial_backoff_ms: 10, max_backoff_ms: 10}}\n"
+        ))
+        .expect("config");
+        let metrics = Arc::new(crate::metrics::Metrics::new().pipeline("ready", &[]));
+        let ctx = Context {
+            pipeline: "ready".into(),
+            max_in_flight: 10,
+            at_least_once: true,
+            metrics: metrics.clone(),
+            problems: Default::default(),
+        };
+        let handle = start(&cfg, &ctx).expect("start");
+        let mut connected = handle.connected.clone();
+
+        // First connection, a new session: the CONNACK alone is not ready.
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut conn = broker::Conn::new(stream);
+        conn.connack(false).await;
+        let (pkid, filters) = conn.subscribe().await;
+        assert_eq!(filters, ["sensors/#", "alarms/#"]);
+        // The source sends its SUBSCRIBE after handling the CONNACK, so
+        // it would have said ready by now if the CONNACK were enough.
+        assert!(!*connected.borrow(), "ready before the SUBACK");
+        assert_eq!(
+            metrics.mqtt_connected.get(),
+            1,
+            "sluice_mqtt_connected follows the CONNACK"
+        );
+        conn.suback(pkid, filters.len()).await;
+        wait_for(&mut connected, true, "ready after the SUBACK").await;
+
+        // The broker drops the connection: not ready until it is back.
+        drop(conn);
+        wait_for(&mut connected, false, "not ready after the drop").await;
+
+        // The reconnection resumes the session, subscriptions and all: ready
+        // at the CONNACK, with no SUBACK (none will come).
+        let (stream, _) = listener.accept().await.expect("accept again");
+        let mut conn = broker::Conn::new(stream);
+        conn.connack(true).await;
+        wait_for(&mut connected, true, "ready at a resumed session's CONNACK").await;
+
+        let closing = tokio::spawn((handle.close)());
+        match conn.read().await {
+            rumqttc::mqttbytes::v4::Packet::Disconnect => {}
+            p => panic!("expected DISCONNECT, got {p:?}"),
+        }
+        drop(conn); // as a broker does after a DISCONNECT
+        tokio::time::timeout(Duration::from_secs(4), closing)
+            .await
+            .expect("the source ends once the broker closed the connection")
+            .expect("close");
+    }
+
     #[test]
     fn tokens_round_trip() {
         let t = token(7, 2, 65_000);
