@@ -15,7 +15,11 @@
 //! straight into the host's [`Message`]s, with the checks wasmtime makes
 //! (bounds, alignment, discriminants, UTF-8, its host-call fuel), instead
 //! of into `bindgen!`'s records first, one `Vec` per input, and converting
-//! those.
+//! those. It also checks each input's outputs against `limits.max_outputs`
+//! and `limits.max_output_bytes` from their counts and lengths before
+//! copying them, so the fuel pays only for records and error texts: what
+//! a batch may bring out is bounded by the limits, not by wasmtime's
+//! default of 128 MiB a call (`Instance::process` sets the fuel).
 //!
 //! The field layout below is the canonical ABI's for `message` and `header`
 //! in `wit/transform.wit`; a unit test derives it from wasmtime's own
@@ -23,6 +27,7 @@
 //! kind of message reaches a plugin intact. Guests whose strings are not
 //! UTF-8 (a component may ask for UTF-16) take wasmtime's generic code.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
@@ -34,11 +39,12 @@ use wasmtime::component::{ComponentType, Lift, Lower};
 use wasmtime::ValRaw;
 
 use super::chain::Outputs;
-use super::wit;
+use super::{check_output_bytes, check_output_count, output_bytes, wit};
+use crate::config::Limits;
 use crate::message::{Message, Qos};
 
 /// `message`: size and alignment of one record, and its fields' offsets.
-const MESSAGE_SIZE: usize = 72;
+pub(super) const MESSAGE_SIZE: usize = 72;
 const MESSAGE_ALIGN: u32 = 8;
 const TOPIC: usize = 0;
 const KAFKA_TOPIC: usize = 8;
@@ -58,7 +64,7 @@ const HEADER_ALIGN: u32 = 4;
 const HEADER_VALUE: usize = 8;
 /// `result<list<message>, transform-error>`: size and alignment of one,
 /// and where its payload (a list, or the error's string) starts.
-const RESULT_SIZE: usize = 12;
+pub(super) const RESULT_SIZE: usize = 12;
 const RESULT_ALIGN: u32 = 4;
 const RESULT_PAYLOAD: usize = 4;
 /// The longest string the canonical ABI can pass (wasmtime's limit).
@@ -203,9 +209,35 @@ impl Batch<'_> {
 /// `bindgen!`'s view of what `process` returns.
 type WitResults = Vec<Result<Vec<wit::MessageResult>, wit::TransformError>>;
 
-/// What `process` returned: one result per input, its outputs or the
-/// guest's error text.
-pub(super) struct Results(pub Vec<Result<Outputs, String>>);
+/// What `process` returned: one result per input, its outputs or why it
+/// failed (the guest's error text, or the limit its outputs break).
+pub(super) struct Results {
+    pub results: Vec<Result<Outputs, String>>,
+    /// How many inputs failed because their outputs break
+    /// `limits.max_outputs` or `limits.max_output_bytes`.
+    pub over_limit: usize,
+}
+
+thread_local! {
+    /// The limits of the instance whose results this thread is lifting
+    /// (wasmtime's `Lift` has no way to pass them in); see [`lift_with`].
+    static LIMITS: Cell<Option<Limits>> = const { Cell::new(None) };
+}
+
+/// Runs `call`, which lifts [`Results`], with the limits of the calling
+/// instance: an input whose outputs break `limits.max_outputs` or
+/// `limits.max_output_bytes` fails alone, and is found so from the
+/// results' counts and lengths, before any of its outputs is copied.
+pub(super) fn lift_with<R>(limits: Limits, call: impl FnOnce() -> R) -> R {
+    let before = LIMITS.replace(Some(limits));
+    let out = call();
+    LIMITS.set(before);
+    out
+}
+
+fn limits() -> Limits {
+    LIMITS.get().unwrap_or_default()
+}
 
 // SAFETY: `Lower` is two `ValRaw`s (pointer and length), as for every
 // list; `typecheck` is the one of wasmtime's own `WitResults`, whose
@@ -276,64 +308,135 @@ impl std::error::Error for Malformed {}
 
 impl Results {
     fn from_wit(results: WitResults) -> Self {
-        Results(
-            results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(msgs) => Ok(msgs.into_iter().map(from_wit).collect()),
-                    Err(e) => Err(e.message),
-                })
-                .collect(),
-        )
+        let limits = limits();
+        let mut over_limit = 0;
+        let results = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(msgs) => {
+                    let outputs: Outputs = msgs.into_iter().map(from_wit).collect();
+                    let checked =
+                        check_output_count(outputs.len() as u64, &limits).and_then(|()| {
+                            check_output_bytes(outputs.iter().map(output_bytes).sum(), &limits)
+                        });
+                    over_limit += usize::from(checked.is_err());
+                    checked.map(|()| outputs)
+                }
+                Err(e) => Err(e.message),
+            })
+            .collect();
+        Results {
+            results,
+            over_limit,
+        }
     }
 
-    /// Lifts the list of `len` results at guest address `ptr`.
+    /// Lifts the list of `len` results at guest address `ptr`. Records (of
+    /// results, outputs and headers) and error texts are paid for with
+    /// host-call fuel; the outputs' strings and bytes are bounded by the
+    /// limits instead, checked before they are copied.
     fn lift(cx: &mut LiftContext<'_>, ptr: usize, len: usize) -> wasmtime::Result<Self> {
+        let limits = limits();
         let mem = cx.memory();
         let all = array(cx, ptr, len, RESULT_SIZE, RESULT_ALIGN)?;
         let mut results = Vec::with_capacity(len);
+        let mut over_limit = 0;
         for result in all.chunks_exact(RESULT_SIZE) {
             let (at, n) = pointer_pair(result, RESULT_PAYLOAD)?;
             results.push(match result[0] {
-                0 => {
-                    let records = array(cx, at, n, MESSAGE_SIZE, MESSAGE_ALIGN)?;
-                    let mut outputs = Outputs::with_capacity(n);
-                    for rec in records.chunks_exact(MESSAGE_SIZE) {
-                        outputs.push(lift_message(cx, mem, rec)?);
+                0 => match outputs_within(cx, mem, at, n, &limits)? {
+                    Err(reason) => {
+                        over_limit += 1;
+                        Err(reason)
                     }
-                    Ok(outputs)
-                }
+                    Ok(records) => {
+                        let mut outputs = Outputs::with_capacity(n);
+                        for rec in records.chunks_exact(MESSAGE_SIZE) {
+                            outputs.push(lift_message(mem, rec)?);
+                        }
+                        Ok(outputs)
+                    }
+                },
                 1 => Err(string(cx, mem, at, n)?),
                 d => wasmtime::bail!("invalid variant discriminant: {d}"),
             });
         }
-        Ok(Results(results))
+        Ok(Results {
+            results,
+            over_limit,
+        })
     }
 }
 
-/// Lifts the `message` record `rec`.
-fn lift_message(cx: &mut LiftContext<'_>, mem: &[u8], rec: &[u8]) -> wasmtime::Result<Message> {
+/// The `n` output records at guest address `at` if they are within
+/// `limits` (`Ok(Err(reason))` if not), counted from the records alone.
+fn outputs_within<'a>(
+    cx: &mut LiftContext<'a>,
+    mem: &'a [u8],
+    at: usize,
+    n: usize,
+    limits: &Limits,
+) -> wasmtime::Result<Result<&'a [u8], String>> {
+    if let Err(reason) = check_output_count(n as u64, limits) {
+        // Checked, but neither paid for nor read.
+        slice(mem, at, n, MESSAGE_SIZE, MESSAGE_ALIGN)?;
+        return Ok(Err(reason));
+    }
+    let records = array(cx, at, n, MESSAGE_SIZE, MESSAGE_ALIGN)?;
+    let mut bytes = 0;
+    for rec in records.chunks_exact(MESSAGE_SIZE) {
+        bytes += message_bytes(cx, mem, rec)?;
+    }
+    Ok(check_output_bytes(bytes, limits).map(|()| records))
+}
+
+/// The bytes of the output record `rec` that `limits.max_output_bytes`
+/// counts (as [`output_bytes`] does for a host message), from its lengths,
+/// each checked to lie inside the guest's memory. Pays for its header
+/// records.
+fn message_bytes(cx: &mut LiftContext<'_>, mem: &[u8], rec: &[u8]) -> wasmtime::Result<u64> {
+    let string = |(at, n)| span(mem, at, n, "string");
+    let list = |(at, n)| span(mem, at, n, "list");
+    let mut bytes = string(pointer_pair(rec, TOPIC)?)?
+        + option(rec, KAFKA_TOPIC)?.map_or(Ok(0), string)?
+        + option(rec, KEY)?.map_or(Ok(0), list)?
+        + list(pointer_pair(rec, PAYLOAD)?)?
+        + option(rec, CONTENT_TYPE)?.map_or(Ok(0), string)?;
+    let (at, n) = pointer_pair(rec, HEADERS)?;
+    for h in array(cx, at, n, HEADER_SIZE, HEADER_ALIGN)?.chunks_exact(HEADER_SIZE) {
+        bytes += string(pointer_pair(h, 0)?)? + string(pointer_pair(h, HEADER_VALUE)?)?;
+    }
+    Ok(bytes)
+}
+
+/// `n`, if the `n` bytes at guest address `at` lie inside the guest's
+/// memory (`what` names them in the error).
+fn span(mem: &[u8], at: usize, n: usize, what: &str) -> wasmtime::Result<u64> {
+    match at.checked_add(n) {
+        Some(end) if end <= mem.len() => Ok(n as u64),
+        _ => wasmtime::bail!("{what} pointer/length out of bounds of memory"),
+    }
+}
+
+/// Lifts the `message` record `rec`, whose size [`message_bytes`] checked.
+fn lift_message(mem: &[u8], rec: &[u8]) -> wasmtime::Result<Message> {
     let (at, n) = pointer_pair(rec, TOPIC)?;
-    let topic = string(cx, mem, at, n)?;
+    let topic = text(mem, at, n)?;
     let kafka_topic = option(rec, KAFKA_TOPIC)?
-        .map(|(at, n)| string(cx, mem, at, n))
+        .map(|(at, n)| text(mem, at, n))
         .transpose()?;
     let key = option(rec, KEY)?
-        .map(|(at, n)| list_u8(cx, at, n))
+        .map(|(at, n)| list_u8(mem, at, n))
         .transpose()?;
     let (at, n) = pointer_pair(rec, PAYLOAD)?;
-    let payload = list_u8(cx, at, n)?;
+    let payload = list_u8(mem, at, n)?;
     let (at, n) = pointer_pair(rec, HEADERS)?;
-    // Checked against the guest's memory before anything is reserved for it.
-    let records = array(cx, at, n, HEADER_SIZE, HEADER_ALIGN)?;
+    let records = slice(mem, at, n, HEADER_SIZE, HEADER_ALIGN)?;
     let mut headers = Vec::with_capacity(n);
     for h in records.chunks_exact(HEADER_SIZE) {
         let (name, name_len) = pointer_pair(h, 0)?;
         let (value, value_len) = pointer_pair(h, HEADER_VALUE)?;
-        headers.push((
-            string(cx, mem, name, name_len)?,
-            string(cx, mem, value, value_len)?,
-        ));
+        headers.push((text(mem, name, name_len)?, text(mem, value, value_len)?));
     }
     let mut timestamp = [0; 8];
     timestamp.copy_from_slice(&rec[TIMESTAMP..TIMESTAMP + 8]);
@@ -344,7 +447,7 @@ fn lift_message(cx: &mut LiftContext<'_>, mem: &[u8], rec: &[u8]) -> wasmtime::R
         d => wasmtime::bail!("unexpected discriminant: {d}"),
     };
     let content_type = option(rec, CONTENT_TYPE)?
-        .map(|(at, n)| string(cx, mem, at, n))
+        .map(|(at, n)| text(mem, at, n))
         .transpose()?;
     Ok(Message {
         topic,
@@ -391,7 +494,13 @@ fn array<'a>(
     size: usize,
     align: u32,
 ) -> wasmtime::Result<&'a [u8]> {
-    let mem = cx.memory();
+    let bytes = slice(cx.memory(), at, n, size, align)?;
+    cx.consume_fuel(bytes.len())?;
+    Ok(bytes)
+}
+
+/// Like [`array`], without paying for it.
+fn slice(mem: &[u8], at: usize, n: usize, size: usize, align: u32) -> wasmtime::Result<&[u8]> {
     let bytes = n
         .checked_mul(size)
         .and_then(|len| mem.get(at..at.checked_add(len)?))
@@ -399,22 +508,32 @@ fn array<'a>(
     if !at.is_multiple_of(align as usize) {
         wasmtime::bail!("list pointer is not aligned");
     }
-    cx.consume_fuel(bytes.len())?;
     Ok(bytes)
 }
 
-/// The UTF-8 string of `n` bytes at guest address `at`.
+/// The UTF-8 string of `n` bytes at guest address `at`, paid for with
+/// host-call fuel before it is copied (a transform error's text).
 fn string(cx: &mut LiftContext<'_>, mem: &[u8], at: usize, n: usize) -> wasmtime::Result<String> {
+    let s = str_at(mem, at, n)?;
+    cx.consume_fuel(n)?;
+    Ok(s.to_owned())
+}
+
+/// The UTF-8 string of `n` bytes at guest address `at`.
+fn text(mem: &[u8], at: usize, n: usize) -> wasmtime::Result<String> {
+    str_at(mem, at, n).map(str::to_owned)
+}
+
+fn str_at(mem: &[u8], at: usize, n: usize) -> wasmtime::Result<&str> {
     let bytes = mem
         .get(at..at.saturating_add(n))
         .ok_or_else(|| wasmtime::format_err!("string pointer/length out of bounds of memory"))?;
-    cx.consume_fuel(n)?;
-    Ok(std::str::from_utf8(bytes)?.to_owned())
+    Ok(std::str::from_utf8(bytes)?)
 }
 
 /// The `list<u8>` of `n` bytes at guest address `at`.
-fn list_u8(cx: &mut LiftContext<'_>, at: usize, n: usize) -> wasmtime::Result<Bytes> {
-    array(cx, at, n, 1, 1).map(Bytes::copy_from_slice)
+fn list_u8(mem: &[u8], at: usize, n: usize) -> wasmtime::Result<Bytes> {
+    slice(mem, at, n, 1, 1).map(Bytes::copy_from_slice)
 }
 
 /// Whether the guest takes strings as UTF-8, the host's encoding (from its

@@ -705,54 +705,64 @@ impl Instance {
     /// [`Processed::over_limit`]).
     pub fn process(&mut self, batch: &[Message]) -> Result<Processed, CallError> {
         self.store.set_epoch_deadline(self.ticks);
+        self.store
+            .set_hostcall_fuel(hostcall_fuel(batch.len(), &self.limits));
         // SAFETY: `Instance::new` type-checked `process` against these types.
         let process =
             unsafe { TypedFunc::<(abi::Batch<'_>,), (abi::Results,)>::new_unchecked(self.process) };
-        let (abi::Results(out),) = process
-            .call(&mut self.store, (abi::Batch(batch),))
-            .map_err(|e| describe_trap(&e, self.store.data(), &self.limits))?;
-        if out.len() != batch.len() {
+        let (abi::Results {
+            results,
+            over_limit,
+        },) = abi::lift_with(self.limits, || {
+            process.call(&mut self.store, (abi::Batch(batch),))
+        })
+        .map_err(|e| describe_trap(&e, self.store.data(), &self.limits))?;
+        if results.len() != batch.len() {
             return Err(CallError {
                 kind: "invalid",
                 reason: format!(
                     "plugin returned {} results for a batch of {} messages",
-                    out.len(),
+                    results.len(),
                     batch.len()
                 ),
             });
         }
-        let mut over_limit = 0;
-        let results = out
-            .into_iter()
-            .map(|r| match r {
-                Ok(msgs) => match check_outputs(&msgs, &self.limits) {
-                    Ok(()) => Ok(msgs),
-                    Err(reason) => {
-                        over_limit += 1;
-                        Err(reason)
-                    }
-                },
-                Err(e) => Err(truncate(e)),
-            })
-            .collect();
         Ok(Processed {
-            results,
+            results: results.into_iter().map(|r| r.map_err(truncate)).collect(),
             over_limit,
         })
     }
 }
 
-/// Checks the outputs for one input against `max_outputs` and
-/// `max_output_bytes`.
-fn check_outputs(msgs: &[Message], limits: &Limits) -> Result<(), String> {
-    let count = msgs.len() as u64;
+/// wasmtime's budget for copying out of the guest in one call (its
+/// "host-call fuel"), which bounds what a plugin's results can make the
+/// host read and allocate. The outputs' strings and bytes are bounded by
+/// the limits per input instead (checked before they are copied), so the
+/// fuel only pays for the records, for each input at most one result and
+/// `max_outputs` messages, and for header records and error texts, which
+/// get wasmtime's default of 128 MiB for the whole call.
+fn hostcall_fuel(batch: usize, limits: &Limits) -> usize {
+    let records = usize::try_from(limits.max_outputs)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(abi::MESSAGE_SIZE)
+        .saturating_add(abi::RESULT_SIZE);
+    batch.saturating_mul(records).saturating_add(128 << 20)
+}
+
+/// Checks the count of one input's outputs against `limits.max_outputs`.
+fn check_output_count(count: u64, limits: &Limits) -> Result<(), String> {
     if count > limits.max_outputs {
         return Err(format!(
             "plugin returned {count} messages for one input, more than limits.max_outputs ({})",
             limits.max_outputs
         ));
     }
-    let bytes: u64 = msgs.iter().map(output_bytes).sum();
+    Ok(())
+}
+
+/// Checks the bytes of one input's outputs (see [`output_bytes`]) against
+/// `limits.max_output_bytes`.
+fn check_output_bytes(bytes: u64, limits: &Limits) -> Result<(), String> {
     if bytes > limits.max_output_bytes {
         return Err(format!(
             "plugin returned {bytes} bytes for one input, more than limits.max_output_bytes ({})",
@@ -915,16 +925,17 @@ mod tests {
             max_output_bytes: 42,
             ..Limits::default()
         };
-        assert!(check_outputs(&[output(10), output(10)], &limits).is_ok());
+        assert!(check_output_bytes(42, &limits).is_ok());
         assert_eq!(
-            check_outputs(&[output(10), output(11)], &limits),
+            check_output_bytes(43, &limits),
             Err(
                 "plugin returned 43 bytes for one input, more than limits.max_output_bytes (42)"
                     .into()
             )
         );
+        assert!(check_output_count(2, &limits).is_ok());
         assert_eq!(
-            check_outputs(&[output(0), output(0), output(0)], &limits),
+            check_output_count(3, &limits),
             Err(
                 "plugin returned 3 messages for one input, more than limits.max_outputs (2)".into()
             )
