@@ -200,30 +200,11 @@ sink:
 fn sluice_test_hands_the_plugin_batches_of_batch_max_messages() {
     // 40,000 inputs are about 5 MB in one call, more than the plugin's
     // 4 MiB; in batches of 100, as `sluice run` hands them over, they fit.
-    let config = format!(
-        r#"
-apiVersion: sluice/v1
-name: batches
-batch: {{ max_messages: 100 }}
-source:
-  mqtt:
-    url: mqtt://127.0.0.1:1883
-    client_id: offline-batches
-    topics:
-      - filter: sensors/#
-transforms:
-  - name: tag
-    plugin: {map}
-    config: {{ from_topic: {{ device_id: 1 }} }}
-    limits: {{ memory_mb: 4 }}
-sink:
-  kafka:
-    brokers: 127.0.0.1:9092
-    topic: readings
-errors:
-  dead_letter_topic: batches.dlq
-"#,
-        map = sluice_tests::plugin("json_map").display(),
+    let config = pipeline(
+        "batches",
+        100,
+        "json_map",
+        "config: { from_topic: { device_id: 1 } }\n    limits: { memory_mb: 4 }",
     );
     let n = 40_000;
     let inputs: Vec<String> = (0..n)
@@ -245,6 +226,69 @@ errors:
             format!("dev-{:04}", i % 1000),
             "{r}"
         );
+    }
+}
+
+/// A plugin that traps on some messages of a batch (tests/plugins.rs runs
+/// each hostile case with batches of one): the batch's call fails, the
+/// host tries each of its messages alone on a fresh instance, and only
+/// the messages that fail alone go to the error path, with their own
+/// reason; their neighbours come out as if nothing had happened.
+#[test]
+fn a_trap_fails_only_the_messages_that_trap_alone_not_their_whole_batch() {
+    let config = pipeline("isolate", 10, "hostile", "config: { mode: panic }");
+    // Batches 0-9, 10-19, 20-24: two attacks in the first, one in the
+    // second, none in the third.
+    let attacks = [3, 7, 12];
+    let inputs: Vec<String> = (0..25)
+        .map(|i| {
+            let payload = if attacks.contains(&i) {
+                "attack".to_string()
+            } else {
+                format!("m{i}")
+            };
+            format!(r#"{{"topic": "sensors/dev-{i}", "payload": "{payload}"}}"#)
+        })
+        .collect();
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let records = sluice_test_records(&config, &inputs);
+    assert_eq!(records.len(), 25, "{records:?}");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["input"], i, "{r}");
+        if attacks.contains(&i) {
+            let error = r["dead_letter"]["error"].as_str().unwrap_or_default();
+            assert!(error.starts_with("plugin trapped"), "{r}");
+        } else {
+            assert_eq!(r["payload"], format!("m{i}"), "{r}");
+        }
+    }
+}
+
+/// A batch too large for the plugin's memory together (8 messages of 1 MiB
+/// against `memory_mb: 4`) fails its call as `memory`; each message alone
+/// fits, so all of them go through.
+#[test]
+fn a_batch_too_large_for_the_plugins_memory_goes_through_one_message_at_a_time() {
+    let config = pipeline(
+        "large",
+        8,
+        "hostile",
+        "config: { mode: panic }\n    limits: { memory_mb: 4 }",
+    );
+    let inputs: Vec<String> = (0..8)
+        .map(|i| {
+            let payload = format!("{i}").repeat(1 << 20);
+            format!(r#"{{"topic": "sensors/dev-{i}", "payload": "{payload}"}}"#)
+        })
+        .collect();
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let records = sluice_test_records(&config, &inputs);
+    assert_eq!(records.len(), 8);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["dead_letter"], serde_json::Value::Null, "input {i}");
+        let payload = r["payload"].as_str().unwrap_or_default();
+        assert_eq!(payload.len(), 1 << 20, "input {i}");
+        assert!(payload.starts_with(&i.to_string()), "input {i}");
     }
 }
 
@@ -323,6 +367,36 @@ fn sluice_wasm_perfmap_writes_a_perf_map_of_the_plugin_functions() {
         })
         .count();
     assert!(plugin_functions > 10, "{text}");
+}
+
+/// A pipeline for `sluice test` named `name`, in batches of `batch`, with
+/// the one transform `plugin` (a built plugin's name) and its YAML
+/// `settings` (`config:`, `limits:`), and a dead-letter topic.
+fn pipeline(name: &str, batch: usize, plugin: &str, settings: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice/v1
+name: {name}
+batch: {{ max_messages: {batch} }}
+source:
+  mqtt:
+    url: mqtt://127.0.0.1:1883
+    client_id: offline-{name}
+    topics:
+      - filter: sensors/#
+transforms:
+  - name: {plugin}
+    plugin: {path}
+    {settings}
+sink:
+  kafka:
+    brokers: 127.0.0.1:9092
+    topic: readings
+errors:
+  dead_letter_topic: {name}.dlq
+"#,
+        path = sluice_tests::plugin(plugin).display(),
+    )
 }
 
 /// Writes `config` and the input lines to a temporary folder, runs `sluice

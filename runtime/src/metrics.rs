@@ -203,7 +203,7 @@ impl Metrics {
             ),
             traps: counter(
                 "sluice_plugin_traps_total",
-                "Plugin failures by kind: trap, timeout, memory, stack, invalid (wrong result count, malformed results, too many or too large outputs).",
+                "Plugin failures by kind: trap, timeout, memory, stack, invalid (wrong result count, malformed results, too many or too large outputs); one per failed call (a batch's, then each of its messages that fails again alone) or per input over an output limit.",
                 &["pipeline", "transform", "kind"],
             ),
             mqtt_connected: gauge(

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use super::{Instance, Plugin, WasmError, WasmHost};
+use super::{CallError, Instance, Plugin, WasmError, WasmHost};
 use crate::config::TransformConfig;
 use crate::connectors::Failure;
 use crate::message::Message;
@@ -167,30 +167,72 @@ impl Chain {
 }
 
 impl Stage {
-    /// Calls the plugin; on a trap, overrun or wrong number of results the
-    /// instance is dropped and recreated for the next batch. Inputs whose
+    /// Calls the plugin with `msgs`: one result per message. Inputs whose
     /// outputs break the output limits fail alone and are counted as
-    /// `invalid` traps; the instance stays.
+    /// `invalid` traps; the instance stays. When the call fails as a whole
+    /// (a trap, an overrun, a wrong number of results, malformed results),
+    /// the instance is dropped and, for a batch of more than one message,
+    /// each message is tried again alone on a fresh instance, so that only
+    /// the messages that fail alone fail (a panic on one message does not
+    /// send its neighbours to the error path, nor does a batch too large
+    /// for `limits.memory_mb` or `limits.timeout_ms` together). Every
+    /// failed call counts as a trap of its kind. `Err` only when no
+    /// instance could be made.
     fn call(
         &mut self,
         pipeline: &str,
         msgs: &[Message],
     ) -> Result<Vec<Result<Outputs, String>>, String> {
-        if self.instance.is_none() {
-            match Instance::new(&self.plugin, pipeline, &self.cfg) {
-                Ok(i) => self.instance = Some(i),
+        let e = match self.call_once(pipeline, msgs)? {
+            Ok(results) => return Ok(results),
+            Err(e) if msgs.len() == 1 => {
+                tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, "plugin call failed; recreating the instance");
+                return Ok(vec![Err(e.reason)]);
+            }
+            Err(e) => e,
+        };
+        let mut results = Vec::with_capacity(msgs.len());
+        let mut failed = 0;
+        for (i, m) in msgs.iter().enumerate() {
+            match self.call_once(pipeline, std::slice::from_ref(m)) {
+                Ok(Ok(mut one)) => {
+                    results.push(one.pop().unwrap_or_else(|| Err("no result".into())))
+                }
+                Ok(Err(alone)) => {
+                    failed += 1;
+                    results.push(Err(alone.reason));
+                }
+                Err(reason) => {
+                    failed += msgs.len() - i;
+                    results.extend(msgs[i..].iter().map(|_| Err(reason.clone())));
+                    break;
+                }
+            }
+        }
+        tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, batch = msgs.len(), failed_alone = failed, "plugin call failed; tried each message of the batch alone on a fresh instance");
+        Ok(results)
+    }
+
+    /// One call, on the current instance or a new one. A failed call drops
+    /// the instance and counts as a trap of its kind.
+    fn call_once(
+        &mut self,
+        pipeline: &str,
+        msgs: &[Message],
+    ) -> Result<Result<Vec<Result<Outputs, String>>, CallError>, String> {
+        let instance = match &mut self.instance {
+            Some(i) => i,
+            None => match Instance::new(&self.plugin, pipeline, &self.cfg) {
+                Ok(i) => self.instance.insert(i),
                 Err(e) => {
                     return Err(format!(
                         "transform `{}` could not be restarted: {e}",
                         self.cfg.name
                     ))
                 }
-            }
-        }
-        let Some(inst) = self.instance.as_mut() else {
-            return Err("no instance".into());
+            },
         };
-        match inst.process(msgs) {
+        Ok(match instance.process(msgs) {
             Ok(p) => {
                 if p.over_limit > 0 {
                     if let Some(m) = &self.metrics {
@@ -204,10 +246,9 @@ impl Stage {
                 if let Some(m) = &self.metrics {
                     m.trap(e.kind);
                 }
-                tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, batch = msgs.len(), "plugin call failed; recreating the instance");
                 self.instance = None;
-                Err(e.reason)
+                Err(e)
             }
-        }
+        })
     }
 }

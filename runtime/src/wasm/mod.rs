@@ -22,9 +22,10 @@
 //!   `stack_kb`), and the number and size of the outputs for one input.
 //!   A trap, a timeout, an overrun, a wrong number of results or malformed
 //!   results (see `abi::Malformed`) fails the whole call and poisons the
-//!   instance, so the caller recreates it with [`Instance::new`]; too many
-//!   or too large outputs for one input fail only that input (see
-//!   [`Processed`]).
+//!   instance, so the caller recreates it with [`Instance::new`] (the
+//!   chain then tries each message of the batch alone: see
+//!   [`chain`]); too many or too large outputs for one input fail only that
+//!   input (see [`Processed`]).
 //!
 //! This is the only module that calls `wasmtime::component::bindgen!`.
 
