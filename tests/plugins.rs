@@ -79,8 +79,9 @@ errors:
     )
 }
 
-/// The hostile pipeline: one message per batch, so that only the attack
-/// messages fail and the ones around them show the pipeline recovered.
+/// The hostile pipeline: one message per batch, so that each attack's time
+/// to stop is its own (in a larger batch the batch's call fails first,
+/// then the attack alone: tests/offline.rs checks that only it fails).
 fn hostile_pipeline(case: &Case, mqtt: &Mosquitto, kafka: &Tansu) -> String {
     let name = case.name;
     format!(
