@@ -382,6 +382,9 @@ fn a_batch_of_150_mib_within_its_limits_goes_through() {
     let mut t = transform(sluice_tests::plugin("malformed"));
     t.config_json = r#"{"mode": "out-of-bounds"}"#.into();
     t.limits.memory_mb = 1024;
+    // Copying 300 MiB in and out in a debug build, next to other tests,
+    // can take more than the default second.
+    t.limits.timeout_ms = 60_000;
     let loaded = host.load(&t).expect("malformed plugin");
     let mut instance = Instance::new(&loaded, "abi", &t).expect("init");
     let batch: Vec<Message> = (0..150u8)
