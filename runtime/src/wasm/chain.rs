@@ -209,7 +209,12 @@ impl Stage {
                 }
             }
         }
-        tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, batch = msgs.len(), failed_alone = failed, "plugin call failed; tried each message of the batch alone on a fresh instance");
+        if failed == 0 && matches!(e.kind, "timeout" | "memory") {
+            // Every message fits alone: it is the batch that does not.
+            tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, batch = msgs.len(), "plugin call failed for the batch, but each of its messages went through alone; a smaller batch.max_messages or a larger limits.timeout_ms or limits.memory_mb would save the second pass");
+        } else {
+            tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, batch = msgs.len(), failed_alone = failed, "plugin call failed; tried each message of the batch alone on a fresh instance");
+        }
         Ok(results)
     }
 
