@@ -40,10 +40,12 @@ const PAGES: u64 = (HEAP as u64 + (1 << 20)) >> 16;
 // derived from wasmtime's layout rules).
 const MESSAGE_SIZE: u32 = 72;
 const KAFKA_TOPIC: usize = 8;
+const KEY: usize = 20;
 const PAYLOAD: usize = 32;
 const HEADERS: usize = 40;
 const TIMESTAMP: usize = 48;
 const QOS: usize = 56;
+const CONTENT_TYPE: usize = 60;
 
 /// The guest memory `process` hands back: its results and what they
 /// point at.
@@ -326,7 +328,8 @@ fn bad_discriminants_misaligned_lists_huge_counts_and_header_floods_fail_the_cal
                 results: (RESULTS, u32::MAX),
                 ..Image::ok(message())
             },
-            "list pointer/length out of bounds of memory",
+            // Counted, and not lifted, before anything is reserved for them.
+            "plugin returned 4294967295 results for a batch of 1 messages",
         ),
         (
             // The second result is zeros: `ok` with no outputs.
@@ -403,34 +406,63 @@ fn a_batch_of_150_mib_within_its_limits_goes_through() {
 
 /// An input whose outputs break `limits.max_outputs` or
 /// `limits.max_output_bytes` fails alone, found so from the results'
-/// counts and lengths before any of its outputs is copied (200 outputs
-/// whose payloads are the same MiB of guest memory would be 200 MiB), and
-/// the other inputs of the batch go through. The bytes counted are those
-/// of the README (topic, payload, ...), to the byte.
+/// counts and lengths before any of its outputs is copied, and the other
+/// inputs of the batch go through. The over-limit outputs have a topic
+/// that is not UTF-8 and payloads that are all the same MiB of guest
+/// memory: a host that copied them first would fail the whole call as
+/// malformed. The bytes counted are those of the README (topic, Kafka
+/// topic, key, payload, header names and values, content type), to the
+/// byte.
 #[test]
 fn an_input_over_its_limits_fails_alone_before_its_outputs_are_copied() {
     let dir = tempfile::tempdir().expect("temp dir");
     let host = WasmHost::new(None).expect("wasm engine");
-    let aliased = {
-        let mut m = message();
-        put(&mut m, PAYLOAD, BIG);
-        put(&mut m, PAYLOAD + 4, BIG_LEN);
-        m
-    };
-    // Records: 200 aliasing outputs, then a plain one (5 bytes: topic
-    // `out`, payload `{}`).
+    // At TEXT: "out{}" (topic, payload), then the other fields' text and a
+    // byte that is not UTF-8; one header record after them.
+    let (kafka_topic, key, name, value, content_type, bad) =
+        (TEXT + 5, TEXT + 6, TEXT + 8, TEXT + 9, TEXT + 11, TEXT + 13);
+    let header = TEXT + 0x100;
+    let mut full = message();
+    full[KAFKA_TOPIC] = 1;
+    put(&mut full, KAFKA_TOPIC + 4, kafka_topic);
+    put(&mut full, KAFKA_TOPIC + 8, 1);
+    full[KEY] = 1;
+    put(&mut full, KEY + 4, key);
+    put(&mut full, KEY + 8, 2);
+    put(&mut full, HEADERS, header);
+    put(&mut full, HEADERS + 4, 1);
+    full[CONTENT_TYPE] = 1;
+    put(&mut full, CONTENT_TYPE + 4, content_type);
+    put(&mut full, CONTENT_TYPE + 8, 2);
+    // 3 + 1 + 2 + 2 + (1 + 2) + 2 bytes.
+    let full_bytes = 13;
+    let mut aliased = message();
+    put(&mut aliased, 0, bad);
+    put(&mut aliased, 4, 1);
+    put(&mut aliased, PAYLOAD, BIG);
+    put(&mut aliased, PAYLOAD + 4, BIG_LEN);
+
+    // Records: 200 aliased outputs, then 2 full ones.
     let mut records = aliased.repeat(200);
-    records.extend(message());
-    let plain = MESSAGES + 200 * MESSAGE_SIZE;
-    let image = Image::ok(records).with_results(&[
+    records.extend(full.repeat(2));
+    let fulls = MESSAGES + 200 * MESSAGE_SIZE;
+    let mut image = Image::ok(records).with_results(&[
         (0, MESSAGES, 200),
-        (0, plain, 1),
+        (0, fulls, 1),
         (0, MESSAGES, 2),
-        (0, plain, 1),
+        (0, fulls, 2),
     ]);
+    image.data.push((TEXT + 5, b"kkkhvvct\xff".to_vec()));
+    let mut record = vec![0; 16];
+    put(&mut record, 0, name);
+    put(&mut record, 4, 1);
+    put(&mut record, 8, value);
+    put(&mut record, 12, 2);
+    image.data.push((header, record));
+
     let mut t = transform(component(dir.path(), "over-limit", &image));
     t.limits.max_outputs = 100;
-    t.limits.max_output_bytes = 5;
+    t.limits.max_output_bytes = full_bytes;
     let loaded = host.load(&t).expect("the component loads");
     let mut instance = Instance::new(&loaded, "abi", &t).expect("init");
     let batch = [input(), input(), input(), input()];
@@ -438,23 +470,35 @@ fn an_input_over_its_limits_fails_alone_before_its_outputs_are_copied() {
     let reasons: Vec<_> = processed
         .results
         .iter()
-        .map(|r| r.as_ref().map(|o| o.len()))
+        .map(|r| r.as_ref().map(|o| o.len()).map_err(String::as_str))
         .collect();
     println!("{reasons:?}");
+    let over = |bytes: u64| {
+        format!("plugin returned {bytes} bytes for one input, more than limits.max_output_bytes ({full_bytes})")
+    };
     assert_eq!(
         reasons,
         [
-            Err(
-                &"plugin returned 200 messages for one input, more than limits.max_outputs (100)"
-                    .to_string()
-            ),
+            Err("plugin returned 200 messages for one input, more than limits.max_outputs (100)"),
             Ok(1),
-            Err(&format!(
-                "plugin returned {} bytes for one input, more than limits.max_output_bytes (5)",
-                2 * (3 + BIG_LEN)
-            )),
-            Ok(1),
+            Err(over(2 * (1 + u64::from(BIG_LEN))).as_str()),
+            Err(over(2 * full_bytes).as_str()),
         ]
     );
-    assert_eq!(processed.over_limit, 2);
+    assert_eq!(processed.over_limit, 3);
+    let out = &processed.results[1].as_ref().expect("ok")[0];
+    assert_eq!(
+        (
+            out.kafka_topic.as_deref(),
+            out.key.as_deref(),
+            &out.headers[..],
+            out.content_type.as_deref()
+        ),
+        (
+            Some("k"),
+            Some(&b"kk"[..]),
+            &[("h".to_string(), "vv".to_string())][..],
+            Some("ct")
+        )
+    );
 }

@@ -251,8 +251,14 @@ fn a_trap_fails_only_the_messages_that_trap_alone_not_their_whole_batch() {
         })
         .collect();
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    let records = sluice_test_records(&config, &inputs);
+    let (records, log) = sluice_test_output(&config, &inputs);
     assert_eq!(records.len(), 25, "{records:?}");
+    // The two batches with attacks failed whole first.
+    assert_eq!(
+        log.matches("tried the messages of the batch alone").count(),
+        2,
+        "{log}"
+    );
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r["input"], i, "{r}");
         if attacks.contains(&i) {
@@ -282,7 +288,11 @@ fn a_batch_too_large_for_the_plugins_memory_goes_through_one_message_at_a_time()
         })
         .collect();
     let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    let records = sluice_test_records(&config, &inputs);
+    let (records, log) = sluice_test_output(&config, &inputs);
+    assert!(
+        log.contains("each of its messages went through alone") && log.contains("memory"),
+        "{log}"
+    );
     assert_eq!(records.len(), 8);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r["dead_letter"], serde_json::Value::Null, "input {i}");
@@ -290,6 +300,46 @@ fn a_batch_too_large_for_the_plugins_memory_goes_through_one_message_at_a_time()
         assert_eq!(payload.len(), 1 << 20, "input {i}");
         assert!(payload.starts_with(&i.to_string()), "input {i}");
     }
+}
+
+/// A plugin that spins on every message: the batch's call overruns its
+/// time budget, the first messages tried alone overrun theirs, and once
+/// those have taken more than twice the budget the rest of the batch fails
+/// untried, with the batch's reason and why it was not tried alone.
+#[test]
+fn a_plugin_that_spins_on_every_message_costs_a_few_time_budgets_a_batch() {
+    let config = pipeline(
+        "spin",
+        20,
+        "hostile",
+        "config: { mode: spin }\n    limits: { timeout_ms: 50 }",
+    );
+    let inputs: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"topic": "sensors/dev-{i}", "payload": "attack"}}"#))
+        .collect();
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let (records, log) = sluice_test_output(&config, &inputs);
+    let took = started.elapsed();
+    assert_eq!(records.len(), 20);
+    let errors: Vec<&str> = records
+        .iter()
+        .map(|r| r["dead_letter"]["error"].as_str().expect("dead-lettered"))
+        .collect();
+    let untried = errors
+        .iter()
+        .filter(|e| e.contains("the rest were not tried alone"))
+        .count();
+    println!("{untried} of 20 untried, in {took:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.starts_with("plugin exceeded its time budget of 50 ms")),
+        "{errors:?}"
+    );
+    // The batch, then one to four messages alone: each takes at least
+    // 50 ms, and more than 100 ms of them ends the tries.
+    assert!((15..=19).contains(&untried), "{errors:?}\n{log}");
 }
 
 #[test]
@@ -403,6 +453,11 @@ errors:
 /// test` on them, which must succeed, and returns its records (one JSON
 /// value per stdout line).
 fn sluice_test_records(config: &str, inputs: &[&str]) -> Vec<serde_json::Value> {
+    sluice_test_output(config, inputs).0
+}
+
+/// [`sluice_test_records`], and what `sluice test` logged.
+fn sluice_test_output(config: &str, inputs: &[&str]) -> (Vec<serde_json::Value>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_file = dir.path().join("pipeline.yaml");
     let inputs_file = dir.path().join("in.jsonl");
@@ -418,12 +473,13 @@ fn sluice_test_records(config: &str, inputs: &[&str]) -> Vec<serde_json::Value> 
         ],
         dir.path(),
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "sluice test failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout)
+    let records = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect()
+        .collect();
+    (records, stderr)
 }
 
 /// A transform on the built plugin `plugin_name` with `config_json`, for

@@ -186,7 +186,7 @@ impl Metrics {
             ),
             transform_duration: histogram(
                 "sluice_transform_duration_seconds",
-                "Time of one transform call (one batch).",
+                "Time of one transform on one batch: one call, or more when a failed batch's messages are tried alone.",
                 &["pipeline", "transform"],
                 vec![
                     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,

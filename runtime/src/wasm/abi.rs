@@ -15,11 +15,14 @@
 //! straight into the host's [`Message`]s, with the checks wasmtime makes
 //! (bounds, alignment, discriminants, UTF-8, its host-call fuel), instead
 //! of into `bindgen!`'s records first, one `Vec` per input, and converting
-//! those. It also checks each input's outputs against `limits.max_outputs`
-//! and `limits.max_output_bytes` from their counts and lengths before
-//! copying them, so the fuel pays only for records and error texts: what
-//! a batch may bring out is bounded by the limits, not by wasmtime's
-//! default of 128 MiB a call (`Instance::process` sets the fuel).
+//! those. It also checks the number of results against the batch's, and
+//! each input's outputs against `limits.max_outputs` and
+//! `limits.max_output_bytes`, from their counts and lengths before copying
+//! anything, so the fuel pays only for records and error texts: what a
+//! batch may bring out is bounded by the limits, not by the fuel (see
+//! `hostcall_fuel` in the parent module). Guests with UTF-16 strings take
+//! wasmtime's generic lifting, which pays fuel for every byte and is
+//! checked against the limits after copying.
 //!
 //! The field layout below is the canonical ABI's for `message` and `header`
 //! in `wit/transform.wit`; a unit test derives it from wasmtime's own
@@ -212,31 +215,50 @@ type WitResults = Vec<Result<Vec<wit::MessageResult>, wit::TransformError>>;
 /// What `process` returned: one result per input, its outputs or why it
 /// failed (the guest's error text, or the limit its outputs break).
 pub(super) struct Results {
+    /// How many results the guest returned. When that is not the batch's
+    /// size, none of them is lifted and `results` is empty.
+    pub returned: usize,
     pub results: Vec<Result<Outputs, String>>,
     /// How many inputs failed because their outputs break
     /// `limits.max_outputs` or `limits.max_output_bytes`.
     pub over_limit: usize,
 }
 
+/// What lifting [`Results`] needs from the call it belongs to: the
+/// instance's limits and the batch's size.
+#[derive(Clone, Copy)]
+pub(super) struct Expect {
+    pub limits: Limits,
+    pub batch: usize,
+}
+
 thread_local! {
-    /// The limits of the instance whose results this thread is lifting
-    /// (wasmtime's `Lift` has no way to pass them in); see [`lift_with`].
-    static LIMITS: Cell<Option<Limits>> = const { Cell::new(None) };
+    /// What the call whose results this thread is lifting expects
+    /// (wasmtime's `Lift` has no way to pass it in); see [`lift_with`].
+    static EXPECT: Cell<Option<Expect>> = const { Cell::new(None) };
 }
 
-/// Runs `call`, which lifts [`Results`], with the limits of the calling
-/// instance: an input whose outputs break `limits.max_outputs` or
-/// `limits.max_output_bytes` fails alone, and is found so from the
-/// results' counts and lengths, before any of its outputs is copied.
-pub(super) fn lift_with<R>(limits: Limits, call: impl FnOnce() -> R) -> R {
-    let before = LIMITS.replace(Some(limits));
-    let out = call();
-    LIMITS.set(before);
-    out
+/// Runs `call`, which lifts [`Results`], with what it expects: results of
+/// any other count are not lifted, and an input whose outputs break
+/// `limits.max_outputs` or `limits.max_output_bytes` fails alone, found
+/// so from the results' counts and lengths before any of its outputs is
+/// copied.
+pub(super) fn lift_with<R>(expect: Expect, call: impl FnOnce() -> R) -> R {
+    /// Puts back what was there before, also if `call` unwinds.
+    struct Restore(Option<Expect>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            EXPECT.set(self.0);
+        }
+    }
+    let _restore = Restore(EXPECT.replace(Some(expect)));
+    call()
 }
 
-fn limits() -> Limits {
-    LIMITS.get().unwrap_or_default()
+fn expected() -> wasmtime::Result<Expect> {
+    EXPECT
+        .get()
+        .ok_or_else(|| wasmtime::format_err!("results lifted outside `abi::lift_with`"))
 }
 
 // SAFETY: `Lower` is two `ValRaw`s (pointer and length), as for every
@@ -261,8 +283,8 @@ unsafe impl Lift for Results {
     ) -> wasmtime::Result<Self> {
         if !utf8(&cx.options().string_encoding) {
             return WitResults::linear_lift_from_flat(cx, ty, src)
-                .map(Self::from_wit)
-                .map_err(Malformed::wrap);
+                .map_err(Malformed::wrap)
+                .and_then(Self::from_wit);
         }
         Self::lift(cx, src[0].get_u32() as usize, src[1].get_u32() as usize)
             .map_err(Malformed::wrap)
@@ -275,8 +297,8 @@ unsafe impl Lift for Results {
     ) -> wasmtime::Result<Self> {
         if !utf8(&cx.options().string_encoding) {
             return WitResults::linear_lift_from_memory(cx, ty, bytes)
-                .map(Self::from_wit)
-                .map_err(Malformed::wrap);
+                .map_err(Malformed::wrap)
+                .and_then(Self::from_wit);
         }
         pointer_pair(bytes, 0)
             .and_then(|(ptr, len)| Self::lift(cx, ptr, len))
@@ -307,8 +329,16 @@ impl std::fmt::Display for Malformed {
 impl std::error::Error for Malformed {}
 
 impl Results {
-    fn from_wit(results: WitResults) -> Self {
-        let limits = limits();
+    fn from_wit(results: WitResults) -> wasmtime::Result<Self> {
+        let Expect { limits, batch } = expected()?;
+        let returned = results.len();
+        if returned != batch {
+            return Ok(Results {
+                returned,
+                results: Vec::new(),
+                over_limit: 0,
+            });
+        }
         let mut over_limit = 0;
         let results = results
             .into_iter()
@@ -325,10 +355,11 @@ impl Results {
                 Err(e) => Err(e.message),
             })
             .collect();
-        Results {
+        Ok(Results {
+            returned,
             results,
             over_limit,
-        }
+        })
     }
 
     /// Lifts the list of `len` results at guest address `ptr`. Records (of
@@ -336,7 +367,14 @@ impl Results {
     /// host-call fuel; the outputs' strings and bytes are bounded by the
     /// limits instead, checked before they are copied.
     fn lift(cx: &mut LiftContext<'_>, ptr: usize, len: usize) -> wasmtime::Result<Self> {
-        let limits = limits();
+        let Expect { limits, batch } = expected()?;
+        if len != batch {
+            return Ok(Results {
+                returned: len,
+                results: Vec::new(),
+                over_limit: 0,
+            });
+        }
         let mem = cx.memory();
         let all = array(cx, ptr, len, RESULT_SIZE, RESULT_ALIGN)?;
         let mut results = Vec::with_capacity(len);
@@ -362,6 +400,7 @@ impl Results {
             });
         }
         Ok(Results {
+            returned: len,
             results,
             over_limit,
         })
@@ -383,9 +422,9 @@ fn outputs_within<'a>(
         return Ok(Err(reason));
     }
     let records = array(cx, at, n, MESSAGE_SIZE, MESSAGE_ALIGN)?;
-    let mut bytes = 0;
+    let mut bytes = 0u64;
     for rec in records.chunks_exact(MESSAGE_SIZE) {
-        bytes += message_bytes(cx, mem, rec)?;
+        bytes = bytes.saturating_add(message_bytes(cx, mem, rec)?);
     }
     Ok(check_output_bytes(bytes, limits).map(|()| records))
 }
@@ -393,10 +432,11 @@ fn outputs_within<'a>(
 /// The bytes of the output record `rec` that `limits.max_output_bytes`
 /// counts (as [`output_bytes`] does for a host message), from its lengths,
 /// each checked to lie inside the guest's memory. Pays for its header
-/// records.
+/// records, which bounds how many it reads.
 fn message_bytes(cx: &mut LiftContext<'_>, mem: &[u8], rec: &[u8]) -> wasmtime::Result<u64> {
     let string = |(at, n)| span(mem, at, n, "string");
     let list = |(at, n)| span(mem, at, n, "list");
+    // Each term is below 2^32: these five cannot overflow.
     let mut bytes = string(pointer_pair(rec, TOPIC)?)?
         + option(rec, KAFKA_TOPIC)?.map_or(Ok(0), string)?
         + option(rec, KEY)?.map_or(Ok(0), list)?
@@ -404,7 +444,8 @@ fn message_bytes(cx: &mut LiftContext<'_>, mem: &[u8], rec: &[u8]) -> wasmtime::
         + option(rec, CONTENT_TYPE)?.map_or(Ok(0), string)?;
     let (at, n) = pointer_pair(rec, HEADERS)?;
     for h in array(cx, at, n, HEADER_SIZE, HEADER_ALIGN)?.chunks_exact(HEADER_SIZE) {
-        bytes += string(pointer_pair(h, 0)?)? + string(pointer_pair(h, HEADER_VALUE)?)?;
+        let header = string(pointer_pair(h, 0)?)? + string(pointer_pair(h, HEADER_VALUE)?)?;
+        bytes = bytes.saturating_add(header);
     }
     Ok(bytes)
 }

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
@@ -14,6 +14,10 @@ use crate::metrics::TransformMetrics;
 
 /// The traps metric's kind for results that break the contract or limits.
 const INVALID: &str = "invalid";
+
+/// After a batch's call failed, its messages are tried alone until those
+/// that fail alone have taken this many times `limits.timeout_ms`.
+const ALONE_BUDGET: u32 = 2;
 
 /// The messages one input became. Most transforms return one message per
 /// input, which then needs no allocation of its own.
@@ -172,12 +176,16 @@ impl Stage {
     /// `invalid` traps; the instance stays. When the call fails as a whole
     /// (a trap, an overrun, a wrong number of results, malformed results),
     /// the instance is dropped and, for a batch of more than one message,
-    /// each message is tried again alone on a fresh instance, so that only
-    /// the messages that fail alone fail (a panic on one message does not
-    /// send its neighbours to the error path, nor does a batch too large
-    /// for `limits.memory_mb` or `limits.timeout_ms` together). Every
-    /// failed call counts as a trap of its kind. `Err` only when no
-    /// instance could be made.
+    /// each message is tried again alone, starting on a fresh instance (and
+    /// on another after each that fails), so that only the messages that
+    /// fail alone fail: a panic on one message does not send its neighbours
+    /// to the error path, nor does a batch too large for `limits.memory_mb`
+    /// or `limits.timeout_ms` together. Once the messages that failed alone
+    /// have taken more than [`ALONE_BUDGET`] time budgets, the rest of the
+    /// batch fails with the batch's reason, untried, so that a plugin that
+    /// spins on every message stalls the pipeline for a few budgets, not
+    /// for one per message. Every failed call counts as a trap of its kind.
+    /// `Err` only when no instance could be made.
     fn call(
         &mut self,
         pipeline: &str,
@@ -191,29 +199,45 @@ impl Stage {
             }
             Err(e) => e,
         };
+        let budget = Duration::from_millis(self.cfg.limits.timeout_ms).saturating_mul(ALONE_BUDGET);
+        let mut spent = Duration::ZERO;
         let mut results = Vec::with_capacity(msgs.len());
-        let mut failed = 0;
+        let (mut failed, mut untried) = (0, 0);
         for (i, m) in msgs.iter().enumerate() {
+            if spent > budget {
+                untried = msgs.len() - i;
+                let reason = format!(
+                    "{} (the plugin failed on its whole batch, and then on {failed} of its \
+                     messages alone for {} ms, more than {ALONE_BUDGET} times \
+                     limits.timeout_ms: the rest were not tried alone)",
+                    e.reason,
+                    spent.as_millis()
+                );
+                results.extend(msgs[i..].iter().map(|_| Err(reason.clone())));
+                break;
+            }
+            let started = Instant::now();
             match self.call_once(pipeline, std::slice::from_ref(m)) {
                 Ok(Ok(mut one)) => {
                     results.push(one.pop().unwrap_or_else(|| Err("no result".into())))
                 }
                 Ok(Err(alone)) => {
                     failed += 1;
+                    spent += started.elapsed();
                     results.push(Err(alone.reason));
                 }
                 Err(reason) => {
-                    failed += msgs.len() - i;
+                    untried = msgs.len() - i;
                     results.extend(msgs[i..].iter().map(|_| Err(reason.clone())));
                     break;
                 }
             }
         }
-        if failed == 0 && matches!(e.kind, "timeout" | "memory") {
+        if failed == 0 && untried == 0 && matches!(e.kind, "timeout" | "memory") {
             // Every message fits alone: it is the batch that does not.
             tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, batch = msgs.len(), "plugin call failed for the batch, but each of its messages went through alone; a smaller batch.max_messages or a larger limits.timeout_ms or limits.memory_mb would save the second pass");
         } else {
-            tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, batch = msgs.len(), failed_alone = failed, "plugin call failed; tried each message of the batch alone on a fresh instance");
+            tracing::warn!(pipeline, transform = %self.cfg.name, kind = e.kind, error = %e.reason, batch = msgs.len(), failed_alone = failed, untried, "plugin call failed; tried the messages of the batch alone");
         }
         Ok(results)
     }

@@ -711,19 +711,23 @@ impl Instance {
         // SAFETY: `Instance::new` type-checked `process` against these types.
         let process =
             unsafe { TypedFunc::<(abi::Batch<'_>,), (abi::Results,)>::new_unchecked(self.process) };
+        let expect = abi::Expect {
+            limits: self.limits,
+            batch: batch.len(),
+        };
         let (abi::Results {
+            returned,
             results,
             over_limit,
-        },) = abi::lift_with(self.limits, || {
+        },) = abi::lift_with(expect, || {
             process.call(&mut self.store, (abi::Batch(batch),))
         })
         .map_err(|e| describe_trap(&e, self.store.data(), &self.limits))?;
-        if results.len() != batch.len() {
+        if returned != batch.len() {
             return Err(CallError {
                 kind: "invalid",
                 reason: format!(
-                    "plugin returned {} results for a batch of {} messages",
-                    results.len(),
+                    "plugin returned {returned} results for a batch of {} messages",
                     batch.len()
                 ),
             });
@@ -738,17 +742,24 @@ impl Instance {
 /// wasmtime's budget for copying out of the guest in one call (its
 /// "host-call fuel"), which bounds what a plugin's results can make the
 /// host read and allocate. The outputs' strings and bytes are bounded by
-/// the limits per input instead (checked before they are copied), so the
-/// fuel only pays for the records, for each input at most one result and
-/// `max_outputs` messages, and for header records and error texts, which
-/// get wasmtime's default of 128 MiB for the whole call.
+/// the limits per input instead (checked before they are copied), so for
+/// a UTF-8 guest the fuel pays only for records: for each input one result
+/// and at most `max_outputs` messages, and [`RECORD_FUEL`] for all header
+/// records and error texts. (Guests with UTF-16 strings take wasmtime's
+/// generic lifting, which pays for every byte and checks the limits after
+/// copying.) A batch that runs out fails its call, and the chain then
+/// tries its messages alone.
 fn hostcall_fuel(batch: usize, limits: &Limits) -> usize {
     let records = usize::try_from(limits.max_outputs)
         .unwrap_or(usize::MAX)
         .saturating_mul(abi::MESSAGE_SIZE)
         .saturating_add(abi::RESULT_SIZE);
-    batch.saturating_mul(records).saturating_add(128 << 20)
+    batch.saturating_mul(records).saturating_add(RECORD_FUEL)
 }
+
+/// The host-call fuel for a call's header records and error texts: 2 Mi
+/// headers (about 100 MB of them on the host).
+const RECORD_FUEL: usize = 32 << 20;
 
 /// Checks the count of one input's outputs against `limits.max_outputs`.
 fn check_output_count(count: u64, limits: &Limits) -> Result<(), String> {
