@@ -502,3 +502,31 @@ fn an_input_over_its_limits_fails_alone_before_its_outputs_are_copied() {
         )
     );
 }
+
+/// Headers that `limits.max_output_bytes` counts as nothing (empty names and
+/// values) are capped at 2 Mi for the outputs of one call, whatever the
+/// host-call fuel would allow (here raised by `max_outputs: 100000`): 36
+/// outputs sharing one list of 65,536 headers are 2,359,296, which fail the
+/// call as malformed.
+#[test]
+fn more_than_2_mi_headers_in_one_call_fail_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = WasmHost::new(None).expect("wasm engine");
+    let mut m = message();
+    put(&mut m, HEADERS, BIG);
+    put(&mut m, HEADERS + 4, BIG_LEN / 16);
+    let image = Image::ok(m.repeat(36));
+    let mut t = transform(component(dir.path(), "headers", &image));
+    t.limits.max_outputs = 100_000;
+    let loaded = host.load(&t).expect("the component loads");
+    let mut instance = Instance::new(&loaded, "abi", &t).expect("init");
+    let err = match instance.process(&[input()]) {
+        Ok(processed) => panic!("the call succeeded: {} results", processed.results.len()),
+        Err(err) => err,
+    };
+    assert_eq!(err.kind, "invalid");
+    assert_eq!(
+        err.reason,
+        "plugin returned malformed results: more than 2097152 headers in the results of one call"
+    );
+}

@@ -42,7 +42,7 @@ use wasmtime::component::{ComponentType, Lift, Lower};
 use wasmtime::ValRaw;
 
 use super::chain::Outputs;
-use super::{check_output_bytes, check_output_count, output_bytes, wit};
+use super::{check_output_bytes, check_output_count, output_bytes, truncate, wit};
 use crate::config::Limits;
 use crate::message::{Message, Qos};
 
@@ -72,6 +72,10 @@ const RESULT_ALIGN: u32 = 4;
 const RESULT_PAYLOAD: usize = 4;
 /// The longest string the canonical ABI can pass (wasmtime's limit).
 const MAX_STRING: usize = (1 << 31) - 1;
+/// Most headers the outputs of one call may carry together: 2 Mi, about
+/// 100 MB on the host (48 bytes each when empty, which
+/// `limits.max_output_bytes` counts as nothing).
+pub(super) const MAX_HEADERS: usize = 2 << 20;
 
 /// The `batch` argument of `process`, lowered straight from the host's
 /// messages.
@@ -283,8 +287,8 @@ unsafe impl Lift for Results {
     ) -> wasmtime::Result<Self> {
         if !utf8(&cx.options().string_encoding) {
             return WitResults::linear_lift_from_flat(cx, ty, src)
-                .map_err(Malformed::wrap)
-                .and_then(Self::from_wit);
+                .and_then(Self::from_wit)
+                .map_err(Malformed::wrap);
         }
         Self::lift(cx, src[0].get_u32() as usize, src[1].get_u32() as usize)
             .map_err(Malformed::wrap)
@@ -297,8 +301,8 @@ unsafe impl Lift for Results {
     ) -> wasmtime::Result<Self> {
         if !utf8(&cx.options().string_encoding) {
             return WitResults::linear_lift_from_memory(cx, ty, bytes)
-                .map_err(Malformed::wrap)
-                .and_then(Self::from_wit);
+                .and_then(Self::from_wit)
+                .map_err(Malformed::wrap);
         }
         pointer_pair(bytes, 0)
             .and_then(|(ptr, len)| Self::lift(cx, ptr, len))
@@ -352,7 +356,7 @@ impl Results {
                     over_limit += usize::from(checked.is_err());
                     checked.map(|()| outputs)
                 }
-                Err(e) => Err(e.message),
+                Err(e) => Err(truncate(&e.message)),
             })
             .collect();
         Ok(Results {
@@ -379,6 +383,7 @@ impl Results {
         let all = array(cx, ptr, len, RESULT_SIZE, RESULT_ALIGN)?;
         let mut results = Vec::with_capacity(len);
         let mut over_limit = 0;
+        let mut headers_left = MAX_HEADERS;
         for result in all.chunks_exact(RESULT_SIZE) {
             let (at, n) = pointer_pair(result, RESULT_PAYLOAD)?;
             results.push(match result[0] {
@@ -390,7 +395,7 @@ impl Results {
                     Ok(records) => {
                         let mut outputs = Outputs::with_capacity(n);
                         for rec in records.chunks_exact(MESSAGE_SIZE) {
-                            outputs.push(lift_message(mem, rec)?);
+                            outputs.push(lift_message(mem, rec, &mut headers_left)?);
                         }
                         Ok(outputs)
                     }
@@ -459,8 +464,9 @@ fn span(mem: &[u8], at: usize, n: usize, what: &str) -> wasmtime::Result<u64> {
     }
 }
 
-/// Lifts the `message` record `rec`, whose size [`message_bytes`] checked.
-fn lift_message(mem: &[u8], rec: &[u8]) -> wasmtime::Result<Message> {
+/// Lifts the `message` record `rec`, whose size [`message_bytes`] checked;
+/// its headers count against `headers_left`.
+fn lift_message(mem: &[u8], rec: &[u8], headers_left: &mut usize) -> wasmtime::Result<Message> {
     let (at, n) = pointer_pair(rec, TOPIC)?;
     let topic = text(mem, at, n)?;
     let kafka_topic = option(rec, KAFKA_TOPIC)?
@@ -472,6 +478,9 @@ fn lift_message(mem: &[u8], rec: &[u8]) -> wasmtime::Result<Message> {
     let (at, n) = pointer_pair(rec, PAYLOAD)?;
     let payload = list_u8(mem, at, n)?;
     let (at, n) = pointer_pair(rec, HEADERS)?;
+    *headers_left = headers_left.checked_sub(n).ok_or_else(|| {
+        wasmtime::format_err!("more than {MAX_HEADERS} headers in the results of one call")
+    })?;
     let records = slice(mem, at, n, HEADER_SIZE, HEADER_ALIGN)?;
     let mut headers = Vec::with_capacity(n);
     for h in records.chunks_exact(HEADER_SIZE) {
@@ -552,12 +561,13 @@ fn slice(mem: &[u8], at: usize, n: usize, size: usize, align: u32) -> wasmtime::
     Ok(bytes)
 }
 
-/// The UTF-8 string of `n` bytes at guest address `at`, paid for with
-/// host-call fuel before it is copied (a transform error's text).
+/// A transform error's text: the UTF-8 string of `n` bytes at guest
+/// address `at`, paid for with host-call fuel, of which only what
+/// [`truncate`] keeps is copied.
 fn string(cx: &mut LiftContext<'_>, mem: &[u8], at: usize, n: usize) -> wasmtime::Result<String> {
     let s = str_at(mem, at, n)?;
     cx.consume_fuel(n)?;
-    Ok(s.to_owned())
+    Ok(truncate(s))
 }
 
 /// The UTF-8 string of `n` bytes at guest address `at`.

@@ -16,7 +16,8 @@ use crate::metrics::TransformMetrics;
 const INVALID: &str = "invalid";
 
 /// After a batch's call failed, its messages are tried alone until those
-/// that fail alone have taken this many times `limits.timeout_ms`.
+/// that fail alone, and the instances made after them, have taken this
+/// many times `limits.timeout_ms`.
 const ALONE_BUDGET: u32 = 2;
 
 /// The messages one input became. Most transforms return one message per
@@ -181,7 +182,8 @@ impl Stage {
     /// fail alone fail: a panic on one message does not send its neighbours
     /// to the error path, nor does a batch too large for `limits.memory_mb`
     /// or `limits.timeout_ms` together. Once the messages that failed alone
-    /// have taken more than [`ALONE_BUDGET`] time budgets, the rest of the
+    /// and the instances made after them have taken more than
+    /// [`ALONE_BUDGET`] time budgets, the rest of the
     /// batch fails with the batch's reason, untried, so that a plugin that
     /// spins on every message stalls the pipeline for a few budgets, not
     /// for one per message. Every failed call counts as a trap of its kind.
@@ -217,8 +219,14 @@ impl Stage {
                 break;
             }
             let started = Instant::now();
+            // A fresh instance's making counts too, whatever the call does
+            // (`init` runs under the same time budget).
+            let fresh = self.instance.is_none();
             match self.call_once(pipeline, std::slice::from_ref(m)) {
                 Ok(Ok(mut one)) => {
+                    if fresh {
+                        spent += started.elapsed();
+                    }
                     results.push(one.pop().unwrap_or_else(|| Err("no result".into())))
                 }
                 Ok(Err(alone)) => {

@@ -690,7 +690,7 @@ impl Instance {
             }),
             Ok(Err(msg)) => Err(WasmError::Init(format!(
                 "plugin init failed: {}",
-                truncate(msg)
+                truncate(&msg)
             ))),
             Err(e) => Err(WasmError::Init(format!(
                 "plugin init failed: {}",
@@ -733,7 +733,7 @@ impl Instance {
             });
         }
         Ok(Processed {
-            results: results.into_iter().map(|r| r.map_err(truncate)).collect(),
+            results,
             over_limit,
         })
     }
@@ -742,12 +742,15 @@ impl Instance {
 /// wasmtime's budget for copying out of the guest in one call (its
 /// "host-call fuel"), which bounds what a plugin's results can make the
 /// host read and allocate. The outputs' strings and bytes are bounded by
-/// the limits per input instead (checked before they are copied), so for
-/// a UTF-8 guest the fuel pays only for records: for each input one result
-/// and at most `max_outputs` messages, and [`RECORD_FUEL`] for all header
-/// records and error texts. (Guests with UTF-16 strings take wasmtime's
-/// generic lifting, which pays for every byte and checks the limits after
-/// copying.) A batch that runs out fails its call, and the chain then
+/// the limits per input instead (checked before they are copied), header
+/// records by [`abi::MAX_HEADERS`] a call, and error texts are cut to
+/// [`MAX_ERROR_TEXT`] as they are copied; so for a UTF-8 guest the fuel
+/// pays for records: for each input one result and at most `max_outputs`
+/// messages, and [`RECORD_FUEL`] for all header records and error texts.
+/// (Guests with UTF-16 strings take wasmtime's generic lifting, which pays
+/// for every byte and checks the limits after copying.) wasmtime gives the
+/// same fuel to each call the guest makes to the host during the call
+/// (`log`, WASI). A batch that runs out fails its call, and the chain then
 /// tries its messages alone.
 fn hostcall_fuel(batch: usize, limits: &Limits) -> usize {
     let records = usize::try_from(limits.max_outputs)
@@ -757,8 +760,7 @@ fn hostcall_fuel(batch: usize, limits: &Limits) -> usize {
     batch.saturating_mul(records).saturating_add(RECORD_FUEL)
 }
 
-/// The host-call fuel for a call's header records and error texts: 2 Mi
-/// headers (about 100 MB of them on the host).
+/// The host-call fuel for a call's header records and error texts.
 const RECORD_FUEL: usize = 32 << 20;
 
 /// Checks the count of one input's outputs against `limits.max_outputs`.
@@ -798,18 +800,17 @@ fn output_bytes(m: &Message) -> u64 {
         + m.content_type.as_deref().map_or(0, len)
 }
 
-/// Cuts a plugin's error text to [`MAX_ERROR_TEXT`] bytes (it becomes a
-/// dead-letter header).
-fn truncate(mut text: String) -> String {
-    if text.len() > MAX_ERROR_TEXT {
-        let mut end = MAX_ERROR_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str(" ... (truncated)");
+/// A plugin's error text cut to [`MAX_ERROR_TEXT`] bytes (it becomes a
+/// dead-letter header); only what is kept is copied.
+fn truncate(text: &str) -> String {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text.to_owned();
     }
-    text
+    let mut end = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} ... (truncated)", &text[..end])
 }
 
 /// Names a failed call: `timeout`, `stack`, `memory`, or `trap`.
@@ -956,9 +957,9 @@ mod tests {
 
     #[test]
     fn long_error_texts_are_cut_on_a_character_boundary() {
-        assert_eq!(truncate("short".into()), "short");
+        assert_eq!(truncate("short"), "short");
         let long = "é".repeat(MAX_ERROR_TEXT);
-        let cut = truncate(long);
+        let cut = truncate(&long);
         assert!(cut.ends_with(" ... (truncated)"));
         assert!(cut.len() <= MAX_ERROR_TEXT + " ... (truncated)".len());
     }
