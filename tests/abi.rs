@@ -8,8 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use bytes::Bytes;
-use sluice::config::{Limits, Pos, TransformConfig};
+use common::transform;
 use sluice::message::{Message, Qos};
 use sluice::wasm::{Instance, WasmHost};
 use sluice_tests::workspace_root;
@@ -229,19 +231,6 @@ fn component(dir: &Path, name: &str, image: &Image) -> PathBuf {
     path
 }
 
-fn transform(plugin: PathBuf) -> TransformConfig {
-    TransformConfig {
-        name: "raw".into(),
-        plugin,
-        config_json: "{}".into(),
-        limits: Limits::default(),
-        capabilities: Vec::new(),
-        env: Vec::new(),
-        plugin_pos: Pos { line: 1, col: 1 },
-        config_pos: Pos { line: 1, col: 1 },
-    }
-}
-
 fn input() -> Message {
     Message {
         topic: "in".into(),
@@ -256,7 +245,7 @@ fn input() -> Message {
 fn a_hand_laid_result_is_lifted_as_laid() {
     let dir = tempfile::tempdir().expect("temp dir");
     let host = WasmHost::new(None).expect("wasm engine");
-    let t = transform(component(dir.path(), "valid", &Image::ok(message())));
+    let t = transform(component(dir.path(), "valid", &Image::ok(message())), "{}");
     let loaded = host.load(&t).expect("the component loads");
     let mut instance = Instance::new(&loaded, "abi", &t).expect("init");
     let processed = instance.process(&[input()]).expect("the call");
@@ -355,10 +344,10 @@ fn bad_discriminants_misaligned_lists_huge_counts_and_header_floods_fail_the_cal
             "too much data is being copied between the host and the guest",
         ),
     ];
-    let valid = transform(component(dir.path(), "valid", &Image::ok(message())));
+    let valid = transform(component(dir.path(), "valid", &Image::ok(message())), "{}");
     let valid = host.load(&valid).map(|p| (p, valid)).expect("valid plugin");
     for (i, (flaw, image, reason)) in cases.into_iter().enumerate() {
-        let t = transform(component(dir.path(), &format!("flaw-{i}"), &image));
+        let t = transform(component(dir.path(), &format!("flaw-{i}"), &image), "{}");
         let loaded = host.load(&t).expect("the component loads");
         let mut instance = Instance::new(&loaded, "abi", &t).expect("init");
         let err = match instance.process(&[input()]) {
@@ -382,8 +371,10 @@ fn bad_discriminants_misaligned_lists_huge_counts_and_header_floods_fail_the_cal
 #[test]
 fn a_batch_of_150_mib_within_its_limits_goes_through() {
     let host = WasmHost::new(None).expect("wasm engine");
-    let mut t = transform(sluice_tests::plugin("malformed"));
-    t.config_json = r#"{"mode": "out-of-bounds"}"#.into();
+    let mut t = transform(
+        sluice_tests::plugin("malformed"),
+        r#"{"mode": "out-of-bounds"}"#,
+    );
     t.limits.memory_mb = 1024;
     // Copying 300 MiB in and out in a debug build, next to other tests,
     // can take more than the default second.
@@ -460,7 +451,7 @@ fn an_input_over_its_limits_fails_alone_before_its_outputs_are_copied() {
     put(&mut record, 12, 2);
     image.data.push((header, record));
 
-    let mut t = transform(component(dir.path(), "over-limit", &image));
+    let mut t = transform(component(dir.path(), "over-limit", &image), "{}");
     t.limits.max_outputs = 100;
     t.limits.max_output_bytes = full_bytes;
     let loaded = host.load(&t).expect("the component loads");
@@ -516,7 +507,7 @@ fn more_than_2_mi_headers_in_one_call_fail_it() {
     put(&mut m, HEADERS, BIG);
     put(&mut m, HEADERS + 4, BIG_LEN / 16);
     let image = Image::ok(m.repeat(36));
-    let mut t = transform(component(dir.path(), "headers", &image));
+    let mut t = transform(component(dir.path(), "headers", &image), "{}");
     t.limits.max_outputs = 100_000;
     let loaded = host.load(&t).expect("the component loads");
     let mut instance = Instance::new(&loaded, "abi", &t).expect("init");

@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+mod common;
+
+use common::transform;
 use sluice_tests::{plugin, sluice_command, workspace_root};
 
 fn sluice(args: &[&str], cache: &std::path::Path) -> std::process::Output {
@@ -483,22 +486,6 @@ fn sluice_test_output(config: &str, inputs: &[&str]) -> (Vec<serde_json::Value>,
     (records, stderr)
 }
 
-/// A transform on the built plugin `plugin_name` with `config_json`, for
-/// the tests that drive `sluice::wasm` directly (default limits, no grants).
-fn transform(plugin_name: &str, config_json: &str) -> sluice::config::TransformConfig {
-    use sluice::config::{Limits, Pos, TransformConfig};
-    TransformConfig {
-        name: plugin_name.into(),
-        plugin: plugin(plugin_name),
-        config_json: config_json.into(),
-        limits: Limits::default(),
-        capabilities: Vec::new(),
-        env: Vec::new(),
-        plugin_pos: Pos { line: 1, col: 1 },
-        config_pos: Pos { line: 1, col: 1 },
-    }
-}
-
 /// Every field of a message, with and without each optional one, reaches a
 /// plugin and comes back intact: json-filter keeps a matching message
 /// unchanged, so what the host lowered into the guest (`wasm/abi.rs`) is
@@ -510,7 +497,7 @@ fn every_field_of_every_kind_of_message_crosses_into_a_plugin_and_back() {
     use sluice::wasm::{Instance, WasmHost};
 
     let host = WasmHost::new(None).expect("wasm engine");
-    let t = transform("json_filter", r#"{"field": "k", "op": "exists"}"#);
+    let t = transform(plugin("json_filter"), r#"{"field": "k", "op": "exists"}"#);
     let loaded = host.load(&t).expect("json_filter plugin");
     let mut instance = Instance::new(&loaded, "abi", &t).expect("json_filter init");
 
@@ -615,7 +602,7 @@ fn malformed_results_fail_the_call_and_a_fresh_instance_works() {
             "list pointer/length out of bounds of memory",
         ),
     ] {
-        let t = transform("malformed", &format!(r#"{{"mode": "{mode}"}}"#));
+        let t = transform(plugin("malformed"), &format!(r#"{{"mode": "{mode}"}}"#));
         let loaded = host.load(&t).expect("malformed plugin");
         let mut instance = Instance::new(&loaded, "abi", &t).expect("init");
         let err = match instance.process(&batch) {

@@ -20,15 +20,15 @@
 //! `limits.max_output_bytes`, from their counts and lengths before copying
 //! anything, so the fuel pays only for records and error texts: what a
 //! batch may bring out is bounded by the limits, not by the fuel (see
-//! `hostcall_fuel` in the parent module). Guests with UTF-16 strings take
-//! wasmtime's generic lifting, which pays fuel for every byte and is
-//! checked against the limits after copying.
+//! `hostcall_fuel` in the parent module).
 //!
 //! The field layout below is the canonical ABI's for `message` and `header`
 //! in `wit/transform.wit`; a unit test derives it from wasmtime's own
 //! layout rules, and `tests/offline.rs` checks that every field of every
 //! kind of message reaches a plugin intact. Guests whose strings are not
-//! UTF-8 (a component may ask for UTF-16) take wasmtime's generic code.
+//! UTF-8 (a component may ask for UTF-16) take wasmtime's generic code,
+//! which pays fuel for every byte and is checked against the limits after
+//! copying.
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -333,15 +333,20 @@ impl std::fmt::Display for Malformed {
 impl std::error::Error for Malformed {}
 
 impl Results {
+    /// `returned` results, not the batch's count: none is lifted.
+    fn not_lifted(returned: usize) -> Self {
+        Results {
+            returned,
+            results: Vec::new(),
+            over_limit: 0,
+        }
+    }
+
     fn from_wit(results: WitResults) -> wasmtime::Result<Self> {
         let Expect { limits, batch } = expected()?;
         let returned = results.len();
         if returned != batch {
-            return Ok(Results {
-                returned,
-                results: Vec::new(),
-                over_limit: 0,
-            });
+            return Ok(Self::not_lifted(returned));
         }
         let mut over_limit = 0;
         let results = results
@@ -373,11 +378,7 @@ impl Results {
     fn lift(cx: &mut LiftContext<'_>, ptr: usize, len: usize) -> wasmtime::Result<Self> {
         let Expect { limits, batch } = expected()?;
         if len != batch {
-            return Ok(Results {
-                returned: len,
-                results: Vec::new(),
-                over_limit: 0,
-            });
+            return Ok(Self::not_lifted(len));
         }
         let mem = cx.memory();
         let all = array(cx, ptr, len, RESULT_SIZE, RESULT_ALIGN)?;
