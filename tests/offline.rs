@@ -75,11 +75,7 @@ fn compiled_plugins_are_cached_and_a_corrupt_cache_entry_is_ignored() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let entries: Vec<_> = std::fs::read_dir(cache.path())
-        .expect("cache dir was created")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
-        .collect();
+    let entries = cache_entries(cache.path());
     // configs/sensors.yaml uses two distinct plugins.
     assert_eq!(entries.len(), 2, "{entries:?}");
     for e in &entries {
@@ -90,6 +86,102 @@ fn compiled_plugins_are_cached_and_a_corrupt_cache_entry_is_ignored() {
         again.status.success(),
         "a corrupt cache entry must be recompiled, not fatal: {}",
         String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+/// The `.cwasm` entries in `cache`, by file name.
+fn cache_entries(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(cache)
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_cache_keeps_the_recently_used_plugins_within_sluice_cache_max_mb() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("cache");
+    // Something else in the same folder, which pruning must not touch.
+    std::fs::create_dir_all(cache.join("npm")).expect("mkdir");
+    std::fs::write(cache.join("notes.txt"), "keep me").expect("write");
+    let config = |plugin: &str| {
+        let file = dir.path().join(format!("{plugin}.yaml"));
+        std::fs::write(&file, pipeline(plugin, 8, plugin, "config: {}")).expect("write config");
+        file
+    };
+    let (map, split) = (config("json_map"), config("json_split"));
+    let validate = |file: &std::path::Path, max_mb: Option<&str>| {
+        let mut cmd = sluice_command();
+        cmd.env("SLUICE_CACHE_DIR", &cache)
+            .env("SLUICE_LOG", "info")
+            .arg("validate")
+            .arg(file);
+        if let Some(mb) = max_mb {
+            cmd.env("SLUICE_CACHE_MAX_MB", mb);
+        }
+        let out = cmd.output().expect("run sluice");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+
+    validate(&map, None);
+    let entries = cache_entries(&cache);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let map_entry = entries[0].clone();
+    // A hit marks the entry as used now.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&map_entry)
+        .and_then(|f| f.set_modified(hour_ago))
+        .expect("age the entry");
+    validate(&map, None);
+    let used = std::fs::metadata(&map_entry)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert!(
+        used > hour_ago + std::time::Duration::from_secs(3000),
+        "a cache hit must mark its entry as used"
+    );
+    assert_eq!(
+        cache_entries(&cache),
+        vec![map_entry.clone()],
+        "a hit writes nothing"
+    );
+
+    // Over the bound, the entry used longest ago goes; the new one stays.
+    let log = validate(&split, Some("0"));
+    let entries = cache_entries(&cache);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_ne!(entries[0], map_entry);
+    assert!(
+        log.contains("deleted the least recently used compiled plugins")
+            && log.contains("deleted=1"),
+        "{log}"
+    );
+    assert!(cache.join("npm").is_dir() && cache.join("notes.txt").is_file());
+
+    // Within the bound, both stay.
+    validate(&map, None);
+    assert_eq!(cache_entries(&cache).len(), 2);
+
+    // A bound that is not a number is an error that names it.
+    let out = sluice_command()
+        .env("SLUICE_CACHE_DIR", &cache)
+        .env("SLUICE_CACHE_MAX_MB", "1GB")
+        .arg("validate")
+        .arg(&map)
+        .output()
+        .expect("run sluice");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SLUICE_CACHE_MAX_MB must be a whole number of MiB, got `1GB`"),
+        "{stderr}"
     );
 }
 

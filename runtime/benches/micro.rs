@@ -37,6 +37,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use sluice::config::{Limits, Pos, TransformConfig};
 use sluice::message::{Message, Qos};
 use sluice::template::Template;
+use sluice::wasm::cache::PluginCache;
 use sluice::wasm::{Instance, WasmHost};
 
 /// Batch sizes of the transform benchmarks.
@@ -136,7 +137,11 @@ fn config(c: &mut Criterion) {
     let env = |_: &str| None::<String>;
     sluice::config::load_str(&file, &text, env).expect("sensors.yaml is valid");
     let cache = tempfile::tempdir().expect("temp dir");
-    let host = WasmHost::new(Some(cache.path().to_path_buf())).expect("wasm engine");
+    let host = WasmHost::new(Some(PluginCache::new(
+        cache.path().to_path_buf(),
+        sluice::wasm::cache::DEFAULT_MAX_BYTES,
+    )))
+    .expect("wasm engine");
     // The first validation compiles the plugins into the cache.
     sluice::runner::validate(std::slice::from_ref(&file), &host).expect("sensors.yaml validates");
 

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use sluice::config::SinkConfig;
 use sluice::http::AdminAccess;
 use sluice::metrics::Metrics;
+use sluice::wasm::cache::PluginCache;
 use sluice::wasm::WasmHost;
 use sluice::{runner, summary};
 
@@ -112,7 +113,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             .create_topic(t, 3, 1)
             .with_context(|| format!("create topic {t}"))?;
     }
-    let host = Arc::new(WasmHost::new(WasmHost::default_cache_dir())?);
+    let host = Arc::new(WasmHost::new(PluginCache::from_env()?)?);
     let pipelines = runner::validate_loaded(vec![pipeline], &host).map_err(|d| anyhow!("{d}"))?;
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use sluice::http::AdminAccess;
 use sluice::metrics::Metrics;
+use sluice::wasm::cache::PluginCache;
 use sluice::wasm::WasmHost;
 use sluice::{runner, summary, testing};
 
@@ -134,8 +135,10 @@ fn init_logs(format: LogFormat, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: not as escape codes in log files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -169,7 +172,7 @@ fn print_records(records: &[serde_json::Value]) -> std::io::Result<()> {
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { files } => {
-            let host = WasmHost::new(WasmHost::default_cache_dir())?;
+            let host = WasmHost::new(PluginCache::from_env()?)?;
             match runner::validate(&files, &host) {
                 Ok(_) => {
                     eprintln!("{} pipeline file(s) valid", files.len());
@@ -186,7 +189,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
             expect,
         } => {
-            let host = WasmHost::new(WasmHost::default_cache_dir())?;
+            let host = WasmHost::new(PluginCache::from_env()?)?;
             let pipelines = match runner::validate(std::slice::from_ref(&file), &host) {
                 Ok(p) => p,
                 Err(d) => {
@@ -223,7 +226,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             summary_every,
         } => {
             let admin = admin_access(no_admin_api, api_token_file)?;
-            let host = Arc::new(WasmHost::new(WasmHost::default_cache_dir())?);
+            let host = Arc::new(WasmHost::new(PluginCache::from_env()?)?);
             let pipelines = match runner::validate(&files, &host) {
                 Ok(p) => p,
                 Err(d) => {

@@ -30,6 +30,7 @@
 //! This is the only module that calls `wasmtime::component::bindgen!`.
 
 mod abi;
+pub mod cache;
 pub mod chain;
 
 use std::collections::hash_map::DefaultHasher;
@@ -48,6 +49,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config::{Capability, Limits, Pos, TransformConfig};
 use crate::message::Message;
+use cache::PluginCache;
 use chain::Outputs;
 
 mod bindings {
@@ -127,7 +129,7 @@ pub struct WasmHost {
     engines: Mutex<Vec<(usize, Engine)>>,
     /// What the epoch thread ticks.
     ticking: Arc<Mutex<Vec<EngineWeak>>>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<PluginCache>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -318,8 +320,8 @@ fn engine_error(e: impl std::fmt::Display) -> WasmError {
 
 impl WasmHost {
     /// Creates the engine for the default stack size and the epoch ticker.
-    /// Compiled plugins are cached in `cache_dir` (none: no cache).
-    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, WasmError> {
+    /// Compiled plugins are cached in `cache` (none: no cache).
+    pub fn new(cache: Option<PluginCache>) -> Result<Self, WasmError> {
         let stop = Arc::new(AtomicBool::new(false));
         let ticking: Arc<Mutex<Vec<EngineWeak>>> = Arc::default();
         let (t, s) = (ticking.clone(), stop.clone());
@@ -342,7 +344,7 @@ impl WasmHost {
         let host = WasmHost {
             engines: Mutex::default(),
             ticking,
-            cache_dir,
+            cache,
             stop_ticker: stop,
         };
         host.engine(Limits::default().stack_kb)?;
@@ -380,24 +382,15 @@ impl WasmHost {
         Ok(engine)
     }
 
-    /// The default cache folder: `$SLUICE_CACHE_DIR`, else
-    /// `$XDG_CACHE_HOME/sluice`, else `$HOME/.cache/sluice`.
-    pub fn default_cache_dir() -> Option<PathBuf> {
-        if let Some(d) = std::env::var_os("SLUICE_CACHE_DIR") {
-            return Some(PathBuf::from(d));
-        }
-        if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-            return Some(PathBuf::from(d).join("sluice"));
-        }
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("sluice"))
-    }
-
-    fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
-        let content = Sha256::digest(bytes);
+    /// The name of the cache entry of `bytes` compiled by `engine`.
+    fn cache_entry(cache: &PluginCache, engine: &Engine, bytes: &[u8]) -> PathBuf {
+        let content: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        let hex: String = content.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{hex}-{:016x}.cwasm", h.finish())
+        cache.entry(&content, h.finish())
     }
 
     fn compile(&self, engine: &Engine, path: &Path) -> Result<Component, WasmError> {
@@ -407,17 +400,20 @@ impl WasmHost {
         })?;
         check_component_header(path, &bytes)?;
         let cached = self
-            .cache_dir
+            .cache
             .as_ref()
-            .map(|d| d.join(Self::cache_key(engine, &bytes)));
-        if let Some(c) = &cached {
+            .map(|cache| (cache, Self::cache_entry(cache, engine, &bytes)));
+        if let Some((_, c)) = &cached {
             if c.is_file() {
                 // SAFETY: the file was written by `precompile_component` of an
                 // engine with the same compatibility hash (it is in the name),
                 // into a folder that only this runtime writes. wasmtime also
                 // checks the header and rejects mismatches with an error.
                 match unsafe { Component::deserialize_file(engine, c) } {
-                    Ok(comp) => return Ok(comp),
+                    Ok(comp) => {
+                        PluginCache::touch(c);
+                        return Ok(comp);
+                    }
                     Err(e) => {
                         tracing::warn!(cache = %c.display(), error = %e, "ignoring unusable compiled-plugin cache entry")
                     }
@@ -430,11 +426,11 @@ impl WasmHost {
                 path.display()
             ))
         };
-        let Some(c) = cached else {
+        let Some((cache, c)) = cached else {
             return Component::new(engine, &bytes).map_err(compile_err);
         };
         let pre = engine.precompile_component(&bytes).map_err(compile_err)?;
-        if let Err(e) = write_atomically(&c, &pre) {
+        if let Err(e) = cache.store(&c, &pre) {
             tracing::warn!(cache = %c.display(), error = %e, "cannot write compiled-plugin cache");
         }
         // SAFETY: `pre` was produced just now by this engine.
@@ -569,15 +565,6 @@ fn check_imports(
         path.display(),
         list.join("; ")
     )))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), WasmError> {

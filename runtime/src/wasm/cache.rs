@@ -1,0 +1,413 @@
+//! The on-disk cache of compiled plugins.
+//!
+//! Compiling a plugin takes from a tenth of a second (a Rust transform) to
+//! seconds and half a GiB of memory (a Python one); loading the compiled
+//! artefact (`.cwasm`) takes under a millisecond. Each entry is named by the
+//! plugin's content hash and the engine's compatibility hash, so a rebuilt
+//! plugin or a new Sluice gets a new entry and never loads a stale one.
+//!
+//! Every rebuild of a plugin therefore leaves its old entry behind, and
+//! entries are megabytes (tens for Python and JavaScript guests). So the
+//! cache is bounded: after a new entry is written, the least recently used
+//! entries beyond [`PluginCache::max_bytes`] are deleted. An entry is
+//! "used" when it is written or loaded (loading sets its modification
+//! time). The entry just written is kept even when it alone is over the
+//! bound. Only files named like entries are ever deleted (the folder may
+//! hold other things: `~/.cache/sluice` is also where the guest tool
+//! chains go), and so are temporary files of writes that were cut short
+//! more than [`STALE_TMP`] ago.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::WasmError;
+
+/// The bound when `SLUICE_CACHE_MAX_MB` is not set (wasmtime's own cache
+/// uses the same soft limit).
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
+/// A temporary file older than this is left from a write that was cut
+/// short (writing one takes milliseconds).
+pub const STALE_TMP: Duration = Duration::from_secs(3600);
+
+/// Length of a hex SHA-256.
+const CONTENT_HEX: usize = 64;
+/// Length of the hex engine hash.
+const ENGINE_HEX: usize = 16;
+
+/// A folder of compiled plugins and its size bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginCache {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+/// What [`PluginCache::prune`] deleted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Entries deleted.
+    pub entries: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Entries kept.
+    pub kept: usize,
+    /// Their bytes.
+    pub kept_bytes: u64,
+}
+
+impl PluginCache {
+    /// A cache in `dir` of at most `max_bytes` (beyond the entry just
+    /// written).
+    pub fn new(dir: PathBuf, max_bytes: u64) -> Self {
+        PluginCache { dir, max_bytes }
+    }
+
+    /// The cache the environment names: the folder `$SLUICE_CACHE_DIR`,
+    /// else `$XDG_CACHE_HOME/sluice`, else `$HOME/.cache/sluice` (none
+    /// when none of them is set), of at most `$SLUICE_CACHE_MAX_MB` MiB
+    /// (default 1024).
+    pub fn from_env() -> Result<Option<Self>, WasmError> {
+        Self::from_vars(|k| std::env::var_os(k))
+    }
+
+    fn from_vars(
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Option<Self>, WasmError> {
+        let max_bytes = match var("SLUICE_CACHE_MAX_MB") {
+            None => DEFAULT_MAX_BYTES,
+            Some(v) => v
+                .to_str()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .and_then(|mb| mb.checked_mul(1 << 20))
+                .ok_or_else(|| {
+                    WasmError::Engine(format!(
+                        "SLUICE_CACHE_MAX_MB must be a whole number of MiB, got `{}`",
+                        v.to_string_lossy()
+                    ))
+                })?,
+        };
+        let dir = var("SLUICE_CACHE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                var("XDG_CACHE_HOME")
+                    .filter(|d| !d.is_empty())
+                    .map(|d| PathBuf::from(d).join("sluice"))
+            })
+            .or_else(|| {
+                var("HOME")
+                    .filter(|d| !d.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache").join("sluice"))
+            });
+        Ok(dir.map(|d| Self::new(d, max_bytes)))
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The bound on the entries' total size.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// The file of the entry for a plugin's content hash (hex SHA-256)
+    /// and an engine's compatibility hash.
+    pub(crate) fn entry(&self, content_hex: &str, engine: u64) -> PathBuf {
+        self.dir.join(format!("{content_hex}-{engine:016x}.cwasm"))
+    }
+
+    /// Marks `entry` as used now, so that pruning keeps it over entries
+    /// used longer ago. Best effort: a read-only cache still loads.
+    pub(crate) fn touch(entry: &Path) {
+        let now = SystemTime::now();
+        if let Err(e) = std::fs::File::options()
+            .write(true)
+            .open(entry)
+            .and_then(|f| f.set_modified(now))
+        {
+            tracing::debug!(cache = %entry.display(), error = %e, "cannot mark a compiled-plugin cache entry as used");
+        }
+    }
+
+    /// Writes `bytes` as `entry` (through a temporary file, so that no
+    /// reader sees half an entry), then prunes the cache.
+    pub(crate) fn store(&self, entry: &Path, bytes: &[u8]) -> std::io::Result<Pruned> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+        if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, entry)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(self.prune(entry))
+    }
+
+    /// Deletes the least recently used entries until the rest, `keep`
+    /// included, fit in [`Self::max_bytes`] (`keep` is never deleted), and
+    /// temporary files older than [`STALE_TMP`]. Files that vanish
+    /// meanwhile (another Sluice pruning the same folder) are skipped.
+    pub fn prune(&self, keep: &Path) -> Pruned {
+        let mut pruned = Pruned::default();
+        let Ok(list) = std::fs::read_dir(&self.dir) else {
+            return pruned;
+        };
+        let now = SystemTime::now();
+        let mut entries = Vec::new();
+        for item in list.flatten() {
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(kind) = kind(name) else { continue };
+            let Ok(meta) = item.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            match kind {
+                Kind::Entry => entries.push((item.path(), used, meta.len())),
+                Kind::Tmp => {
+                    let age = now.duration_since(used).unwrap_or_default();
+                    if age > STALE_TMP && std::fs::remove_file(item.path()).is_ok() {
+                        tracing::info!(file = %item.path().display(), "deleted a compiled-plugin cache file left by an interrupted write");
+                    }
+                }
+            }
+        }
+        // The kept entry first, then the most recently used.
+        entries.sort_by_key(|e| std::cmp::Reverse((e.0 == keep, e.1)));
+        // Once one entry does not fit, every entry used before it goes.
+        let mut full = false;
+        for (path, _, len) in entries {
+            full = full || pruned.kept_bytes.saturating_add(len) > self.max_bytes;
+            if path == keep || !full {
+                pruned.kept += 1;
+                pruned.kept_bytes += len;
+            } else if std::fs::remove_file(&path).is_ok() {
+                pruned.entries += 1;
+                pruned.bytes += len;
+            }
+        }
+        if pruned.entries > 0 {
+            tracing::info!(
+                cache = %self.dir.display(),
+                deleted = pruned.entries,
+                deleted_bytes = pruned.bytes,
+                kept = pruned.kept,
+                kept_bytes = pruned.kept_bytes,
+                max_bytes = self.max_bytes,
+                "deleted the least recently used compiled plugins over the cache's bound (SLUICE_CACHE_MAX_MB)"
+            );
+        }
+        pruned
+    }
+}
+
+enum Kind {
+    Entry,
+    Tmp,
+}
+
+/// Whether `name` is an entry (`<64 hex>-<16 hex>.cwasm`), a temporary file
+/// of one (`<64 hex>-<16 hex>.tmp<pid>`), or neither.
+fn kind(name: &str) -> Option<Kind> {
+    let (stem, ext) = name.split_once('.')?;
+    let (content, engine) = stem.split_once('-')?;
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex(content, CONTENT_HEX) || !hex(engine, ENGINE_HEX) {
+        return None;
+    }
+    if ext == "cwasm" {
+        return Some(Kind::Entry);
+    }
+    let pid = ext.strip_prefix("tmp")?;
+    (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(Kind::Tmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+
+    fn name(i: u8) -> String {
+        format!("{}-{:016x}.cwasm", format!("{i:02x}").repeat(32), 7u64)
+    }
+
+    /// An entry of `len` bytes last used `ago` seconds ago.
+    fn put(dir: &Path, file: &str, len: usize, ago: u64) -> PathBuf {
+        let p = dir.join(file);
+        std::fs::write(&p, vec![0u8; len]).unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(ago))
+            .unwrap();
+        p
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn pruning_deletes_the_least_recently_used_entries_over_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let newest = put(d, &name(1), 300, 10);
+        put(d, &name(2), 300, 20);
+        put(d, &name(3), 300, 30);
+        let oldest = put(d, &name(4), 300, 40);
+        // Used just now, as a cache hit marks it.
+        PluginCache::touch(&oldest);
+        let written = put(d, &name(5), 300, 0);
+
+        let cache = PluginCache::new(d.to_path_buf(), 1000);
+        let pruned = cache.prune(&written);
+        assert_eq!(
+            pruned,
+            Pruned {
+                entries: 2,
+                bytes: 600,
+                kept: 3,
+                kept_bytes: 900
+            }
+        );
+        let mut left = vec![name(1), name(4), name(5)];
+        left.sort();
+        assert_eq!(names(d), left);
+        assert!(newest.exists());
+    }
+
+    #[test]
+    fn the_entry_just_written_is_kept_even_over_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        put(d, &name(1), 10, 5);
+        let written = put(d, &name(2), 5000, 10);
+        let pruned = PluginCache::new(d.to_path_buf(), 1000).prune(&written);
+        assert_eq!((pruned.entries, pruned.kept), (1, 1));
+        assert_eq!(names(d), vec![name(2)]);
+        // A bound of 0 keeps only the entry just written.
+        let again = put(d, &name(3), 1, 0);
+        PluginCache::new(d.to_path_buf(), 0).prune(&again);
+        assert_eq!(names(d), vec![name(3)]);
+    }
+
+    #[test]
+    fn entries_used_before_one_that_does_not_fit_go_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        put(d, &name(1), 900, 10);
+        put(d, &name(2), 10, 20);
+        let written = put(d, &name(3), 100, 0);
+        PluginCache::new(d.to_path_buf(), 950).prune(&written);
+        // name(2) would fit in what is left, but it was used before name(1).
+        assert_eq!(names(d), vec![name(3)]);
+    }
+
+    #[test]
+    fn pruning_leaves_other_files_alone_and_deletes_stale_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let stem = name(9).trim_end_matches(".cwasm").to_string();
+        let others = [
+            "notes.cwasm".to_string(),
+            format!("{}.cwasm", "a".repeat(64)),
+            format!("{}-{}.cwasm", "A".repeat(64), "0".repeat(16)),
+            format!("{}-{}.cwasm.bak", "a".repeat(64), "0".repeat(16)),
+            format!("{stem}.tmp"),
+            format!("{stem}.tmpx1"),
+            "venv".into(),
+        ];
+        for o in &others {
+            put(d, o, 100, 100_000);
+        }
+        std::fs::create_dir(d.join("npm")).unwrap();
+        put(d, &format!("{stem}.tmp42"), 100, STALE_TMP.as_secs() + 60);
+        let fresh_tmp = format!("{}.tmp43", name(8).trim_end_matches(".cwasm"));
+        put(d, &fresh_tmp, 100, 5);
+        put(d, &name(1), 100, 100_000);
+        let written = put(d, &name(2), 100, 0);
+
+        let pruned = PluginCache::new(d.to_path_buf(), 0).prune(&written);
+        assert_eq!((pruned.entries, pruned.kept), (1, 1));
+        let mut left: Vec<String> = others.to_vec();
+        left.extend([fresh_tmp, name(2), "npm".into()]);
+        left.sort();
+        assert_eq!(names(d), left);
+    }
+
+    #[test]
+    fn pruning_a_missing_folder_does_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let cache = PluginCache::new(gone.clone(), 0);
+        assert_eq!(cache.prune(&gone.join(name(1))), Pruned::default());
+    }
+
+    #[test]
+    fn store_writes_the_entry_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("new");
+        let cache = PluginCache::new(d.clone(), 4);
+        let a = cache.entry(&"ab".repeat(32), 1);
+        let b = cache.entry(&"cd".repeat(32), 1);
+        cache.store(&a, b"abc").unwrap();
+        let pruned = cache.store(&b, b"de").unwrap();
+        // a (3 bytes) and b (2 bytes) do not both fit in 4.
+        assert_eq!((pruned.entries, pruned.bytes), (1, 3));
+        assert_eq!(std::fs::read(&b).unwrap(), b"de");
+        assert!(!a.exists());
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let m: HashMap<String, OsString> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn the_environment_names_the_folder_and_the_bound() {
+        let c = PluginCache::from_vars(vars(&[("HOME", "/h")])).unwrap();
+        assert_eq!(
+            c,
+            Some(PluginCache::new(
+                "/h/.cache/sluice".into(),
+                DEFAULT_MAX_BYTES
+            ))
+        );
+        let c = PluginCache::from_vars(vars(&[
+            ("HOME", "/h"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("SLUICE_CACHE_MAX_MB", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(c, Some(PluginCache::new("/x/sluice".into(), 5 << 20)));
+        let c = PluginCache::from_vars(vars(&[
+            ("XDG_CACHE_HOME", "/x"),
+            ("SLUICE_CACHE_DIR", "/s"),
+            ("SLUICE_CACHE_MAX_MB", " 0 "),
+        ]))
+        .unwrap();
+        assert_eq!(c, Some(PluginCache::new("/s".into(), 0)));
+        assert_eq!(PluginCache::from_vars(vars(&[])).unwrap(), None);
+        for bad in ["", "-1", "1.5", "1G", "18446744073709551615"] {
+            let e = PluginCache::from_vars(vars(&[("HOME", "/h"), ("SLUICE_CACHE_MAX_MB", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                e,
+                format!("cannot set up the WebAssembly engine: SLUICE_CACHE_MAX_MB must be a whole number of MiB, got `{bad}`")
+            );
+        }
+    }
+}
