@@ -23,13 +23,16 @@
 //! Guarantees: messages that pass are unchanged (payload bytes, key,
 //! headers, topic). A missing field never matches, except for `missing`; a field of
 //! another type than `value` (the string `"31"` against `30`) does not match
-//! either. A payload that is not JSON is sent to the dead-letter topic. Every
+//! either. A payload that is not JSON is sent to the dead-letter topic, and
+//! so is one whose tested field holds a number beyond what an `f64` holds
+//! (`1e400`; elsewhere in the payload such a number passes untouched:
+//! only the tested field's value is built). Every
 //! config mistake (unknown op or key, missing `value`) stops the pipeline at
 //! start with a message naming it.
 
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
-use sluice_sdk::{log, Config, Message, Transform};
+use sluice_sdk::{log, Config, JsonFields, Message, Transform};
 use std::cmp::Ordering;
 
 /// The transform's `config:` map.
@@ -78,8 +81,8 @@ enum Action {
 
 /// Keeps or drops messages by a test on one JSON field.
 pub struct JsonFilter {
-    /// `field` as a JSON pointer (`/reading/temp`).
-    pointer: String,
+    /// `field`'s parts (`reading.temp`: `reading`, `temp`), at least one.
+    path: Vec<String>,
     op: Op,
     value: Value,
     keep_matching: bool,
@@ -88,7 +91,7 @@ pub struct JsonFilter {
 impl Transform for JsonFilter {
     fn new(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
-        let pointer = json_pointer(&settings.field)?;
+        let path = dotted_path(&settings.field)?;
         let value = check_value(settings.op, settings.value)?;
         let keep_matching = settings.action == Action::Keep;
         log::info(format!(
@@ -98,7 +101,7 @@ impl Transform for JsonFilter {
             op_name(settings.op),
         ));
         Ok(Self {
-            pointer,
+            path,
             op: settings.op,
             value,
             keep_matching,
@@ -106,9 +109,7 @@ impl Transform for JsonFilter {
     }
 
     fn process(&mut self, msg: Message) -> Result<Vec<Message>, String> {
-        let payload = msg.json_value()?;
-        let matched = self.matches(payload.pointer(&self.pointer));
-        if matched == self.keep_matching {
+        if self.matched(&msg)? == self.keep_matching {
             Ok(vec![msg])
         } else {
             Ok(vec![])
@@ -119,6 +120,25 @@ impl Transform for JsonFilter {
 sluice_sdk::export_transform!(JsonFilter);
 
 impl JsonFilter {
+    /// Whether the message matches, or why its payload is not JSON.
+    fn matched(&self, msg: &Message) -> Result<bool, String> {
+        // An object (the usual payload): its top level is checked and
+        // split into fields, and only the value of the path's first field
+        // is built, not the whole document.
+        if let Ok(fields) = JsonFields::parse(&msg.payload) {
+            let Some(first) = fields.get(&self.path[0]) else {
+                return Ok(self.matches(None));
+            };
+            if let Ok(value) = first.to_value() {
+                return Ok(self.matches(walk(&value, &self.path[1..])));
+            }
+        }
+        // Not an object, not JSON, or a number too large for serde_json in
+        // the field: the whole payload, which says what is wrong with it.
+        let payload = msg.json_value()?;
+        Ok(self.matches(walk(&payload, &self.path)))
+    }
+
     fn matches(&self, found: Option<&Value>) -> bool {
         let Some(found) = found else {
             return self.op == Op::Missing;
@@ -194,17 +214,35 @@ fn op_name(op: Op) -> String {
     format!("{op:?}").to_lowercase()
 }
 
-/// `reading.temp` -> `/reading/temp` (escaped per RFC 6901).
-fn json_pointer(field: &str) -> Result<String, String> {
+/// `reading.temp` -> `reading`, `temp`.
+fn dotted_path(field: &str) -> Result<Vec<String>, String> {
     if field.split('.').any(str::is_empty) {
         return Err(format!(
             "invalid config: `field` must be a dotted path like `reading.temp`, found `{field}`"
         ));
     }
-    Ok(field
-        .split('.')
-        .map(|part| format!("/{}", part.replace('~', "~0").replace('/', "~1")))
-        .collect())
+    Ok(field.split('.').map(str::to_owned).collect())
+}
+
+/// The value `path` leads to from `value`: a part names a field of an
+/// object or, as a decimal without leading zeros, an element of an array
+/// (the rules of [`Value::pointer`], without its per-call unescaping).
+fn walk<'v>(mut value: &'v Value, path: &[String]) -> Option<&'v Value> {
+    for part in path {
+        value = match value {
+            Value::Object(map) => map.get(part)?,
+            Value::Array(items) => items.get(array_index(part)?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+fn array_index(part: &str) -> Option<usize> {
+    if part.starts_with('+') || (part.starts_with('0') && part.len() != 1) {
+        return None;
+    }
+    part.parse().ok()
 }
 
 #[cfg(test)]
@@ -411,9 +449,57 @@ mod tests {
     }
 
     #[test]
-    fn field_names_with_pointer_characters_are_escaped() {
-        assert_eq!(json_pointer("a/b.c~d").unwrap(), "/a~1b/c~0d");
+    fn field_names_with_pointer_characters_are_taken_literally() {
         let mut f = filter(json!({"field": "rate/s", "op": "gt", "value": 1}));
         assert!(keeps(&mut f, json!({"rate/s": 2})));
+        let mut f = filter(json!({"field": "a/b.c~1d", "op": "eq", "value": 3}));
+        assert!(keeps(&mut f, json!({"a/b": {"c~1d": 3}})));
+        assert!(!keeps(&mut f, json!({"a/b": {"c/d": 3}})));
+    }
+
+    #[test]
+    fn array_indexes_follow_json_pointer_rules() {
+        let mut f = filter(json!({"field": "r.1", "op": "exists"}));
+        assert!(keeps(&mut f, json!({"r": [0, 1]})));
+        assert!(!keeps(&mut f, json!({"r": [0]})));
+        for part in ["01", "+1", "-1", "1.0", "x"] {
+            let mut f = filter(json!({"field": format!("r.{part}"), "op": "exists"}));
+            assert!(!keeps(&mut f, json!({"r": [0, 1, 2]})), "{part}");
+        }
+        // Objects take any part as a key, digits included.
+        let mut f = filter(json!({"field": "r.01", "op": "exists"}));
+        assert!(keeps(&mut f, json!({"r": {"01": true}})));
+    }
+
+    #[test]
+    fn payloads_that_are_not_objects_are_looked_into_too() {
+        let mut f = filter(json!({"field": "1.t", "op": "gt", "value": 0}));
+        assert!(keeps(&mut f, json!([{"t": 0}, {"t": 1}])));
+        assert!(!keeps(&mut f, json!([{"t": 0}])));
+        let mut f = filter(json!({"field": "t", "op": "exists"}));
+        assert!(!keeps(&mut f, json!(5)));
+        assert!(!keeps(&mut f, json!("t")));
+    }
+
+    #[test]
+    fn duplicate_keys_take_their_last_value_as_serde_json_does() {
+        let mut f = filter(json!({"field": "t", "op": "eq", "value": 2}));
+        let msg = Message::new("t", r#"{"t": 1, "u": 0, "t": 2}"#);
+        assert_eq!(f.process(msg.clone()).unwrap(), vec![msg]);
+    }
+
+    #[test]
+    fn a_number_serde_json_cannot_hold_is_dead_lettered_only_where_it_is_tested() {
+        let mut f = filter(json!({"field": "t", "op": "gt", "value": 0}));
+        let err = f
+            .process(Message::new("t", r#"{"u": 1, "t": 1e400}"#))
+            .unwrap_err();
+        assert!(
+            err.starts_with("payload is not JSON: number out of range at line 1 column"),
+            "{err}"
+        );
+        // Valid JSON (the grammar has no range) that the test never reads.
+        let msg = Message::new("t", r#"{"u": 1e400, "t": 1}"#);
+        assert_eq!(f.process(msg.clone()).unwrap(), vec![msg]);
     }
 }
