@@ -113,9 +113,10 @@ fn the_cache_keeps_the_recently_used_plugins_within_sluice_cache_max_mb() {
         file
     };
     let (map, split) = (config("json_map"), config("json_split"));
-    let validate = |file: &std::path::Path, max_mb: Option<&str>| {
+    let validate_in = |cache: &std::path::Path, file: &std::path::Path, max_mb: Option<&str>| {
         let mut cmd = sluice_command();
-        cmd.env("SLUICE_CACHE_DIR", &cache)
+        cmd.current_dir(workspace_root())
+            .env("SLUICE_CACHE_DIR", cache)
             .env("SLUICE_LOG", "info")
             .arg("validate")
             .arg(file);
@@ -127,6 +128,7 @@ fn the_cache_keeps_the_recently_used_plugins_within_sluice_cache_max_mb() {
         assert!(out.status.success(), "{stderr}");
         stderr
     };
+    let validate = |file: &std::path::Path, max_mb: Option<&str>| validate_in(&cache, file, max_mb);
 
     validate(&map, None);
     let entries = cache_entries(&cache);
@@ -168,6 +170,25 @@ fn the_cache_keeps_the_recently_used_plugins_within_sluice_cache_max_mb() {
     // Within the bound, both stay.
     validate(&map, None);
     assert_eq!(cache_entries(&cache).len(), 2);
+
+    // The plugins one process uses stay even over the bound: else the two
+    // of configs/sensors.yaml would evict each other and compile again at
+    // every start.
+    let shared = dir.path().join("shared");
+    let sensors = std::path::Path::new("configs/sensors.yaml");
+    let log = validate_in(&shared, sensors, Some("0"));
+    assert_eq!(cache_entries(&shared).len(), 2, "{log}");
+    assert!(
+        log.contains("the compiled plugins in use are over the cache's bound"),
+        "{log}"
+    );
+    let before = cache_entries(&shared);
+    let log = validate_in(&shared, sensors, Some("0"));
+    assert_eq!(cache_entries(&shared), before, "{log}");
+    assert!(
+        !log.contains("deleted"),
+        "two hits write and delete nothing: {log}"
+    );
 
     // A bound that is not a number is an error that names it.
     let out = sluice_command()

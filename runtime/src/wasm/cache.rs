@@ -11,13 +11,18 @@
 //! cache is bounded: after a new entry is written, the least recently used
 //! entries beyond [`PluginCache::max_bytes`] are deleted. An entry is
 //! "used" when it is written or loaded (loading sets its modification
-//! time). The entry just written is kept even when it alone is over the
-//! bound. Only files named like entries are ever deleted (the folder may
-//! hold other things: `~/.cache/sluice` is also where the guest tool
-//! chains go), and so are temporary files of writes that were cut short
-//! more than [`STALE_TMP`] ago.
+//! time to now). The entries this process has loaded or written are never
+//! deleted by it, even over the bound (else two plugins over the bound
+//! would recompile each other at every start). Only files named like
+//! entries are ever deleted (the folder may hold other things:
+//! `~/.cache/sluice` is also where the guest tool chains go), and so are
+//! temporary files of writes that were cut short more than [`STALE_TMP`]
+//! ago. Several processes may share the folder: an entry that another one
+//! deletes is compiled again.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::WasmError;
@@ -36,10 +41,12 @@ const CONTENT_HEX: usize = 64;
 const ENGINE_HEX: usize = 16;
 
 /// A folder of compiled plugins and its size bound.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct PluginCache {
     dir: PathBuf,
     max_bytes: u64,
+    /// The entries this process loaded or wrote, which it never deletes.
+    in_use: Mutex<HashSet<PathBuf>>,
 }
 
 /// What [`PluginCache::prune`] deleted.
@@ -53,13 +60,19 @@ pub struct Pruned {
     pub kept: usize,
     /// Their bytes.
     pub kept_bytes: u64,
+    /// Bytes of the entries kept because this process uses them.
+    pub in_use_bytes: u64,
 }
 
 impl PluginCache {
-    /// A cache in `dir` of at most `max_bytes` (beyond the entry just
-    /// written).
+    /// A cache in `dir` of at most `max_bytes` (beyond the entries this
+    /// process uses).
     pub fn new(dir: PathBuf, max_bytes: u64) -> Self {
-        PluginCache { dir, max_bytes }
+        PluginCache {
+            dir,
+            max_bytes,
+            in_use: Mutex::default(),
+        }
     }
 
     /// The cache the environment names: the folder `$SLUICE_CACHE_DIR`,
@@ -73,14 +86,15 @@ impl PluginCache {
     fn from_vars(
         var: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Option<Self>, WasmError> {
-        let max_bytes = match var("SLUICE_CACHE_MAX_MB") {
+        // Empty counts as unset, as for the folder (`X: ${Y:-}` in compose).
+        let max_bytes = match var("SLUICE_CACHE_MAX_MB").filter(|v| !v.is_empty()) {
             None => DEFAULT_MAX_BYTES,
             Some(v) => v
                 .to_str()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .and_then(|mb| mb.checked_mul(1 << 20))
                 .ok_or_else(|| {
-                    WasmError::Engine(format!(
+                    WasmError::Cache(format!(
                         "SLUICE_CACHE_MAX_MB must be a whole number of MiB, got `{}`",
                         v.to_string_lossy()
                     ))
@@ -118,15 +132,14 @@ impl PluginCache {
         self.dir.join(format!("{content_hex}-{engine:016x}.cwasm"))
     }
 
-    /// Marks `entry` as used now, so that pruning keeps it over entries
-    /// used longer ago. Best effort: a read-only cache still loads.
-    pub(crate) fn touch(entry: &Path) {
-        let now = SystemTime::now();
-        if let Err(e) = std::fs::File::options()
-            .write(true)
-            .open(entry)
-            .and_then(|f| f.set_modified(now))
-        {
+    /// Marks `entry` as used now: this process keeps it, and other
+    /// processes prune it after entries used longer ago. Best effort: a
+    /// read-only cache still loads.
+    pub(crate) fn used(&self, entry: &Path) {
+        if let Ok(mut in_use) = self.in_use.lock() {
+            in_use.insert(entry.to_path_buf());
+        }
+        if let Err(e) = touch(entry) {
             tracing::debug!(cache = %entry.display(), error = %e, "cannot mark a compiled-plugin cache entry as used");
         }
     }
@@ -135,20 +148,31 @@ impl PluginCache {
     /// reader sees half an entry), then prunes the cache.
     pub(crate) fn store(&self, entry: &Path, bytes: &[u8]) -> std::io::Result<Pruned> {
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+        // Unique also among processes that share the folder from different
+        // PID namespaces (containers, all PID 1).
+        let tmp = entry.with_extension(format!(
+            "tmp{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, entry)) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        Ok(self.prune(entry))
+        if let Ok(mut in_use) = self.in_use.lock() {
+            in_use.insert(entry.to_path_buf());
+        }
+        Ok(self.prune())
     }
 
-    /// Deletes the least recently used entries until the rest, `keep`
-    /// included, fit in [`Self::max_bytes`] (`keep` is never deleted), and
-    /// temporary files older than [`STALE_TMP`]. Files that vanish
-    /// meanwhile (another Sluice pruning the same folder) are skipped.
-    pub fn prune(&self, keep: &Path) -> Pruned {
+    /// Deletes the least recently used entries until the rest fit in
+    /// [`Self::max_bytes`] (the entries this process uses are kept in any
+    /// case), and temporary files older than [`STALE_TMP`]. Files that
+    /// vanish meanwhile (another Sluice pruning the same folder) are
+    /// skipped.
+    pub fn prune(&self) -> Pruned {
         let mut pruned = Pruned::default();
+        let in_use = self.in_use.lock().map(|s| s.clone()).unwrap_or_default();
         let Ok(list) = std::fs::read_dir(&self.dir) else {
             return pruned;
         };
@@ -173,15 +197,19 @@ impl PluginCache {
                 }
             }
         }
-        // The kept entry first, then the most recently used.
-        entries.sort_by_key(|e| std::cmp::Reverse((e.0 == keep, e.1)));
+        // The entries in use first, then the most recently used.
+        entries.sort_by_key(|e| std::cmp::Reverse((in_use.contains(&e.0), e.1)));
         // Once one entry does not fit, every entry used before it goes.
         let mut full = false;
         for (path, _, len) in entries {
             full = full || pruned.kept_bytes.saturating_add(len) > self.max_bytes;
-            if path == keep || !full {
+            let using = in_use.contains(&path);
+            if using || !full {
                 pruned.kept += 1;
                 pruned.kept_bytes += len;
+                if using {
+                    pruned.in_use_bytes += len;
+                }
             } else if std::fs::remove_file(&path).is_ok() {
                 pruned.entries += 1;
                 pruned.bytes += len;
@@ -198,8 +226,35 @@ impl PluginCache {
                 "deleted the least recently used compiled plugins over the cache's bound (SLUICE_CACHE_MAX_MB)"
             );
         }
+        if pruned.in_use_bytes > self.max_bytes {
+            tracing::warn!(
+                cache = %self.dir.display(),
+                in_use_bytes = pruned.in_use_bytes,
+                max_bytes = self.max_bytes,
+                "the compiled plugins in use are over the cache's bound (SLUICE_CACHE_MAX_MB); they are kept, but other processes sharing the folder delete them, and then compile them again"
+            );
+        }
         pruned
     }
+}
+
+/// Sets `entry`'s modification time to now, as `touch` does: with a null
+/// time, which needs only write access (an explicit time needs the
+/// file's owner, so a cache shared by two users would miss it).
+fn touch(entry: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::options().write(true).open(entry)?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `file` is an open descriptor for the whole call, and a
+        // null `times` is documented to mean "now" for both times.
+        if unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    file.set_modified(SystemTime::now())
 }
 
 enum Kind {
@@ -208,7 +263,8 @@ enum Kind {
 }
 
 /// Whether `name` is an entry (`<64 hex>-<16 hex>.cwasm`), a temporary file
-/// of one (`<64 hex>-<16 hex>.tmp<pid>`), or neither.
+/// of one (`<64 hex>-<16 hex>.tmp<pid>-<16 hex>`, or `.tmp<pid>` as older
+/// versions named them), or neither.
 fn kind(name: &str) -> Option<Kind> {
     let (stem, ext) = name.split_once('.')?;
     let (content, engine) = stem.split_once('-')?;
@@ -223,8 +279,12 @@ fn kind(name: &str) -> Option<Kind> {
     if ext == "cwasm" {
         return Some(Kind::Entry);
     }
-    let pid = ext.strip_prefix("tmp")?;
-    (!pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())).then_some(Kind::Tmp)
+    let (pid, suffix) = match ext.strip_prefix("tmp")?.split_once('-') {
+        Some((pid, suffix)) => (pid, Some(suffix)),
+        None => (ext.strip_prefix("tmp")?, None),
+    };
+    let pid_ok = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    (pid_ok && suffix.is_none_or(|s| hex(s, ENGINE_HEX))).then_some(Kind::Tmp)
 }
 
 #[cfg(test)]
@@ -256,48 +316,70 @@ mod tests {
         v
     }
 
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    /// A cache over `d` that uses `in_use` (without touching them).
+    fn cache(d: &Path, max_bytes: u64, in_use: &[&Path]) -> PluginCache {
+        let cache = PluginCache::new(d.to_path_buf(), max_bytes);
+        let mut set = cache.in_use.lock().unwrap();
+        set.extend(in_use.iter().map(|p| p.to_path_buf()));
+        drop(set);
+        cache
+    }
+
+    fn modified(p: &Path) -> SystemTime {
+        std::fs::metadata(p).unwrap().modified().unwrap()
+    }
+
     #[test]
     fn pruning_deletes_the_least_recently_used_entries_over_the_bound() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let newest = put(d, &name(1), 300, 10);
+        put(d, &name(1), 300, 10);
         put(d, &name(2), 300, 20);
         put(d, &name(3), 300, 30);
         let oldest = put(d, &name(4), 300, 40);
-        // Used just now, as a cache hit marks it.
-        PluginCache::touch(&oldest);
+        // Used just now by another process, as its cache hit marks it.
+        touch(&oldest).unwrap();
+        assert!(modified(&oldest) > SystemTime::now() - Duration::from_secs(5));
         let written = put(d, &name(5), 300, 0);
 
-        let cache = PluginCache::new(d.to_path_buf(), 1000);
-        let pruned = cache.prune(&written);
+        let pruned = cache(d, 1000, &[&written]).prune();
         assert_eq!(
             pruned,
             Pruned {
                 entries: 2,
                 bytes: 600,
                 kept: 3,
-                kept_bytes: 900
+                kept_bytes: 900,
+                in_use_bytes: 300,
             }
         );
-        let mut left = vec![name(1), name(4), name(5)];
-        left.sort();
-        assert_eq!(names(d), left);
-        assert!(newest.exists());
+        assert_eq!(names(d), sorted(vec![name(1), name(4), name(5)]));
     }
 
     #[test]
-    fn the_entry_just_written_is_kept_even_over_the_bound() {
+    fn entries_in_use_are_kept_even_over_the_bound() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        put(d, &name(1), 10, 5);
-        let written = put(d, &name(2), 5000, 10);
-        let pruned = PluginCache::new(d.to_path_buf(), 1000).prune(&written);
-        assert_eq!((pruned.entries, pruned.kept), (1, 1));
-        assert_eq!(names(d), vec![name(2)]);
-        // A bound of 0 keeps only the entry just written.
-        let again = put(d, &name(3), 1, 0);
-        PluginCache::new(d.to_path_buf(), 0).prune(&again);
-        assert_eq!(names(d), vec![name(3)]);
+        let a = put(d, &name(1), 600, 50);
+        let b = put(d, &name(2), 600, 40);
+        put(d, &name(3), 10, 5);
+        // Two plugins of one pipeline, together over the bound, and newer
+        // than neither: both stay; the entry not in use goes.
+        let pruned = cache(d, 1000, &[&a, &b]).prune();
+        assert_eq!(
+            (pruned.entries, pruned.kept, pruned.in_use_bytes),
+            (1, 2, 1200)
+        );
+        assert_eq!(names(d), sorted(vec![name(1), name(2)]));
+        // Another process, which uses neither, deletes both at a bound of 0.
+        let c = put(d, &name(4), 1, 0);
+        cache(d, 0, &[&c]).prune();
+        assert_eq!(names(d), vec![name(4)]);
     }
 
     #[test]
@@ -307,7 +389,7 @@ mod tests {
         put(d, &name(1), 900, 10);
         put(d, &name(2), 10, 20);
         let written = put(d, &name(3), 100, 0);
-        PluginCache::new(d.to_path_buf(), 950).prune(&written);
+        cache(d, 950, &[&written]).prune();
         // name(2) would fit in what is left, but it was used before name(1).
         assert_eq!(names(d), vec![name(3)]);
     }
@@ -324,47 +406,67 @@ mod tests {
             format!("{}-{}.cwasm.bak", "a".repeat(64), "0".repeat(16)),
             format!("{stem}.tmp"),
             format!("{stem}.tmpx1"),
+            format!("{stem}.tmp1-xyz"),
+            format!("{stem}.tmp-{}", "0".repeat(16)),
             "venv".into(),
         ];
         for o in &others {
             put(d, o, 100, 100_000);
         }
         std::fs::create_dir(d.join("npm")).unwrap();
-        put(d, &format!("{stem}.tmp42"), 100, STALE_TMP.as_secs() + 60);
-        let fresh_tmp = format!("{}.tmp43", name(8).trim_end_matches(".cwasm"));
+        let stale = STALE_TMP.as_secs() + 60;
+        put(d, &format!("{stem}.tmp42"), 100, stale);
+        put(d, &format!("{stem}.tmp1-{}", "ab".repeat(8)), 100, stale);
+        let fresh_tmp = format!(
+            "{}.tmp43-{}",
+            name(8).trim_end_matches(".cwasm"),
+            "cd".repeat(8)
+        );
         put(d, &fresh_tmp, 100, 5);
         put(d, &name(1), 100, 100_000);
         let written = put(d, &name(2), 100, 0);
 
-        let pruned = PluginCache::new(d.to_path_buf(), 0).prune(&written);
+        let pruned = cache(d, 0, &[&written]).prune();
         assert_eq!((pruned.entries, pruned.kept), (1, 1));
         let mut left: Vec<String> = others.to_vec();
         left.extend([fresh_tmp, name(2), "npm".into()]);
-        left.sort();
-        assert_eq!(names(d), left);
+        assert_eq!(names(d), sorted(left));
     }
 
     #[test]
     fn pruning_a_missing_folder_does_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let gone = dir.path().join("gone");
-        let cache = PluginCache::new(gone.clone(), 0);
-        assert_eq!(cache.prune(&gone.join(name(1))), Pruned::default());
+        let cache = PluginCache::new(dir.path().join("gone"), 0);
+        assert_eq!(cache.prune(), Pruned::default());
     }
 
     #[test]
-    fn store_writes_the_entry_and_prunes() {
+    fn store_and_used_mark_entries_in_use_and_touch_them() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("new");
-        let cache = PluginCache::new(d.clone(), 4);
-        let a = cache.entry(&"ab".repeat(32), 1);
-        let b = cache.entry(&"cd".repeat(32), 1);
-        cache.store(&a, b"abc").unwrap();
-        let pruned = cache.store(&b, b"de").unwrap();
-        // a (3 bytes) and b (2 bytes) do not both fit in 4.
-        assert_eq!((pruned.entries, pruned.bytes), (1, 3));
+        let one = PluginCache::new(d.clone(), 4);
+        let a = one.entry(&"ab".repeat(32), 1);
+        let b = one.entry(&"cd".repeat(32), 1);
+        one.store(&a, b"abc").unwrap();
+        // a (3 bytes) and b (2 bytes) do not both fit in 4, but this
+        // process uses both.
+        let pruned = one.store(&b, b"de").unwrap();
+        assert_eq!((pruned.entries, pruned.kept), (0, 2));
         assert_eq!(std::fs::read(&b).unwrap(), b"de");
-        assert!(!a.exists());
+        // Another process that loads b (a hit) and writes c deletes a.
+        let two = PluginCache::new(d.clone(), 4);
+        std::fs::File::options()
+            .write(true)
+            .open(&b)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+        two.used(&b);
+        assert!(modified(&b) > SystemTime::now() - Duration::from_secs(5));
+        let c = two.entry(&"ef".repeat(32), 1);
+        let pruned = two.store(&c, b"f").unwrap();
+        assert_eq!((pruned.entries, pruned.bytes), (1, 3));
+        assert!(!a.exists() && b.exists() && c.exists());
     }
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
@@ -375,38 +477,51 @@ mod tests {
         move |k| m.get(k).cloned()
     }
 
+    /// (folder, bound) of the cache the variables name.
+    fn from(pairs: &[(&str, &str)]) -> Result<Option<(PathBuf, u64)>, WasmError> {
+        PluginCache::from_vars(vars(pairs)).map(|c| c.map(|c| (c.dir().into(), c.max_bytes())))
+    }
+
     #[test]
     fn the_environment_names_the_folder_and_the_bound() {
-        let c = PluginCache::from_vars(vars(&[("HOME", "/h")])).unwrap();
+        let home = ("/h/.cache/sluice".into(), DEFAULT_MAX_BYTES);
+        assert_eq!(from(&[("HOME", "/h")]).unwrap(), Some(home.clone()));
         assert_eq!(
-            c,
-            Some(PluginCache::new(
-                "/h/.cache/sluice".into(),
-                DEFAULT_MAX_BYTES
-            ))
+            from(&[
+                ("HOME", "/h"),
+                ("XDG_CACHE_HOME", "/x"),
+                ("SLUICE_CACHE_MAX_MB", "5")
+            ])
+            .unwrap(),
+            Some(("/x/sluice".into(), 5 << 20))
         );
-        let c = PluginCache::from_vars(vars(&[
-            ("HOME", "/h"),
-            ("XDG_CACHE_HOME", "/x"),
-            ("SLUICE_CACHE_MAX_MB", "5"),
-        ]))
-        .unwrap();
-        assert_eq!(c, Some(PluginCache::new("/x/sluice".into(), 5 << 20)));
-        let c = PluginCache::from_vars(vars(&[
-            ("XDG_CACHE_HOME", "/x"),
-            ("SLUICE_CACHE_DIR", "/s"),
-            ("SLUICE_CACHE_MAX_MB", " 0 "),
-        ]))
-        .unwrap();
-        assert_eq!(c, Some(PluginCache::new("/s".into(), 0)));
-        assert_eq!(PluginCache::from_vars(vars(&[])).unwrap(), None);
-        for bad in ["", "-1", "1.5", "1G", "18446744073709551615"] {
-            let e = PluginCache::from_vars(vars(&[("HOME", "/h"), ("SLUICE_CACHE_MAX_MB", bad)]))
+        assert_eq!(
+            from(&[
+                ("XDG_CACHE_HOME", "/x"),
+                ("SLUICE_CACHE_DIR", "/s"),
+                ("SLUICE_CACHE_MAX_MB", " 0 ")
+            ])
+            .unwrap(),
+            Some(("/s".into(), 0))
+        );
+        // Empty is unset.
+        assert_eq!(
+            from(&[
+                ("HOME", "/h"),
+                ("SLUICE_CACHE_DIR", ""),
+                ("SLUICE_CACHE_MAX_MB", "")
+            ])
+            .unwrap(),
+            Some(home)
+        );
+        assert_eq!(from(&[]).unwrap(), None);
+        for bad in ["-1", "1.5", "1G", " ", "18446744073709551615"] {
+            let e = from(&[("HOME", "/h"), ("SLUICE_CACHE_MAX_MB", bad)])
                 .unwrap_err()
                 .to_string();
             assert_eq!(
                 e,
-                format!("cannot set up the WebAssembly engine: SLUICE_CACHE_MAX_MB must be a whole number of MiB, got `{bad}`")
+                format!("SLUICE_CACHE_MAX_MB must be a whole number of MiB, got `{bad}`")
             );
         }
     }

@@ -95,6 +95,9 @@ pub enum WasmError {
     /// Engine set-up failed.
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
+    /// The compiled-plugin cache's settings are wrong.
+    #[error("{0}")]
+    Cache(String),
 }
 
 /// How a `process` call failed as a whole.
@@ -403,7 +406,7 @@ impl WasmHost {
             .cache
             .as_ref()
             .map(|cache| (cache, Self::cache_entry(cache, engine, &bytes)));
-        if let Some((_, c)) = &cached {
+        if let Some((cache, c)) = &cached {
             if c.is_file() {
                 // SAFETY: the file was written by `precompile_component` of an
                 // engine with the same compatibility hash (it is in the name),
@@ -411,8 +414,12 @@ impl WasmHost {
                 // checks the header and rejects mismatches with an error.
                 match unsafe { Component::deserialize_file(engine, c) } {
                     Ok(comp) => {
-                        PluginCache::touch(c);
+                        cache.used(c);
                         return Ok(comp);
+                    }
+                    // Another process sharing the folder pruned it.
+                    Err(e) if !c.exists() => {
+                        tracing::debug!(cache = %c.display(), error = %e, "compiled-plugin cache entry deleted meanwhile")
                     }
                     Err(e) => {
                         tracing::warn!(cache = %c.display(), error = %e, "ignoring unusable compiled-plugin cache entry")

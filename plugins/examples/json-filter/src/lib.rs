@@ -23,10 +23,13 @@
 //! Guarantees: messages that pass are unchanged (payload bytes, key,
 //! headers, topic). A missing field never matches, except for `missing`; a field of
 //! another type than `value` (the string `"31"` against `30`) does not match
-//! either. A payload that is not JSON is sent to the dead-letter topic, and
-//! so is one whose tested field holds a number beyond what an `f64` holds
-//! (`1e400`; elsewhere in the payload such a number passes untouched:
-//! only the tested field's value is built). Every
+//! either. A payload that is not JSON is sent to the dead-letter topic. Of
+//! an object payload, only the value of the top-level field the path
+//! starts in is built (as a `serde_json::Value`), so three things that
+//! serde_json refuses, though the JSON grammar allows them, are
+//! dead-lettered only inside that value and pass untouched elsewhere: a
+//! number beyond `f64` (`1e400`), nesting deeper than 128, and an escaped
+//! lone surrogate (`"\ud800"`). Every
 //! config mistake (unknown op or key, missing `value`) stops the pipeline at
 //! start with a message naming it.
 
@@ -81,8 +84,13 @@ enum Action {
 
 /// Keeps or drops messages by a test on one JSON field.
 pub struct JsonFilter {
-    /// `field`'s parts (`reading.temp`: `reading`, `temp`), at least one.
-    path: Vec<String>,
+    /// `field`'s first part (`reading.temp`: `reading`).
+    first: String,
+    /// The JSON pointer of the other parts in the first part's value
+    /// (`/temp`; empty for a field of one part).
+    rest: String,
+    /// The JSON pointer of the whole field (`/reading/temp`).
+    pointer: String,
     op: Op,
     value: Value,
     keep_matching: bool,
@@ -91,7 +99,14 @@ pub struct JsonFilter {
 impl Transform for JsonFilter {
     fn new(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
-        let path = dotted_path(&settings.field)?;
+        let pointer = json_pointer(&settings.field)?;
+        let first = settings
+            .field
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let rest = pointer[json_pointer(&first)?.len()..].to_owned();
         let value = check_value(settings.op, settings.value)?;
         let keep_matching = settings.action == Action::Keep;
         log::info(format!(
@@ -101,7 +116,9 @@ impl Transform for JsonFilter {
             op_name(settings.op),
         ));
         Ok(Self {
-            path,
+            first,
+            rest,
+            pointer,
             op: settings.op,
             value,
             keep_matching,
@@ -123,20 +140,25 @@ impl JsonFilter {
     /// Whether the message matches, or why its payload is not JSON.
     fn matched(&self, msg: &Message) -> Result<bool, String> {
         // An object (the usual payload): its top level is checked and
-        // split into fields, and only the value of the path's first field
-        // is built, not the whole document.
-        if let Ok(fields) = JsonFields::parse(&msg.payload) {
-            let Some(first) = fields.get(&self.path[0]) else {
+        // split into fields, and only the value of the field the path
+        // starts in is built, not the whole document.
+        let fields = if msg.payload.trim_ascii_start().starts_with(b"{") {
+            JsonFields::parse(&msg.payload).ok()
+        } else {
+            None
+        };
+        if let Some(fields) = fields {
+            let Some(first) = fields.get(&self.first) else {
                 return Ok(self.matches(None));
             };
             if let Ok(value) = first.to_value() {
-                return Ok(self.matches(walk(&value, &self.path[1..])));
+                return Ok(self.matches(value.pointer(&self.rest)));
             }
         }
-        // Not an object, not JSON, or a number too large for serde_json in
-        // the field: the whole payload, which says what is wrong with it.
+        // Not an object, not JSON, or a value in the field that serde_json
+        // refuses: the whole payload, which says what is wrong with it.
         let payload = msg.json_value()?;
-        Ok(self.matches(walk(&payload, &self.path)))
+        Ok(self.matches(payload.pointer(&self.pointer)))
     }
 
     fn matches(&self, found: Option<&Value>) -> bool {
@@ -214,35 +236,17 @@ fn op_name(op: Op) -> String {
     format!("{op:?}").to_lowercase()
 }
 
-/// `reading.temp` -> `reading`, `temp`.
-fn dotted_path(field: &str) -> Result<Vec<String>, String> {
+/// `reading.temp` -> `/reading/temp` (escaped per RFC 6901).
+fn json_pointer(field: &str) -> Result<String, String> {
     if field.split('.').any(str::is_empty) {
         return Err(format!(
             "invalid config: `field` must be a dotted path like `reading.temp`, found `{field}`"
         ));
     }
-    Ok(field.split('.').map(str::to_owned).collect())
-}
-
-/// The value `path` leads to from `value`: a part names a field of an
-/// object or, as a decimal without leading zeros, an element of an array
-/// (the rules of [`Value::pointer`], without its per-call unescaping).
-fn walk<'v>(mut value: &'v Value, path: &[String]) -> Option<&'v Value> {
-    for part in path {
-        value = match value {
-            Value::Object(map) => map.get(part)?,
-            Value::Array(items) => items.get(array_index(part)?)?,
-            _ => return None,
-        };
-    }
-    Some(value)
-}
-
-fn array_index(part: &str) -> Option<usize> {
-    if part.starts_with('+') || (part.starts_with('0') && part.len() != 1) {
-        return None;
-    }
-    part.parse().ok()
+    Ok(field
+        .split('.')
+        .map(|part| format!("/{}", part.replace('~', "~0").replace('/', "~1")))
+        .collect())
 }
 
 #[cfg(test)]
@@ -449,6 +453,11 @@ mod tests {
     }
 
     #[test]
+    fn field_names_with_pointer_characters_are_escaped() {
+        assert_eq!(json_pointer("a/b.c~d").unwrap(), "/a~1b/c~0d");
+    }
+
+    #[test]
     fn field_names_with_pointer_characters_are_taken_literally() {
         let mut f = filter(json!({"field": "rate/s", "op": "gt", "value": 1}));
         assert!(keeps(&mut f, json!({"rate/s": 2})));
@@ -486,20 +495,38 @@ mod tests {
         let mut f = filter(json!({"field": "t", "op": "eq", "value": 2}));
         let msg = Message::new("t", r#"{"t": 1, "u": 0, "t": 2}"#);
         assert_eq!(f.process(msg.clone()).unwrap(), vec![msg]);
+        // Escaped names (parsed by serde_json, not the SDK's scanner).
+        let mut f = filter(json!({"field": "temp", "op": "eq", "value": -1}));
+        let msg = Message::new("t", r#"{"temp": 1, "t\u0065mp": -1}"#);
+        assert_eq!(f.process(msg.clone()).unwrap(), vec![msg]);
+        let mut f = filter(json!({"field": "a\\b", "op": "eq", "value": 1}));
+        let msg = Message::new("t", r#"{"a\\b": 1}"#);
+        assert_eq!(f.process(msg.clone()).unwrap(), vec![msg]);
     }
 
     #[test]
-    fn a_number_serde_json_cannot_hold_is_dead_lettered_only_where_it_is_tested() {
-        let mut f = filter(json!({"field": "t", "op": "gt", "value": 0}));
-        let err = f
-            .process(Message::new("t", r#"{"u": 1, "t": 1e400}"#))
-            .unwrap_err();
-        assert!(
-            err.starts_with("payload is not JSON: number out of range at line 1 column"),
-            "{err}"
-        );
-        // Valid JSON (the grammar has no range) that the test never reads.
-        let msg = Message::new("t", r#"{"u": 1e400, "t": 1}"#);
-        assert_eq!(f.process(msg.clone()).unwrap(), vec![msg]);
+    fn what_serde_json_refuses_is_dead_lettered_only_in_the_tested_field() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let mut f = filter(json!({"field": "t.x", "op": "exists"}));
+        for (inside, outside) in [
+            (
+                format!(r#"{{"t": {{"x": {deep}}}}}"#),
+                format!(r#"{{"t": {{"x": 1}}, "d": {deep}}}"#),
+            ),
+            (
+                r#"{"t": {"x": "\ud800"}}"#.into(),
+                r#"{"t": {"x": 1}, "s": "\ud800"}"#.into(),
+            ),
+            (
+                r#"{"t": {"x": 1e400}}"#.into(),
+                r#"{"t": {"x": 1}, "n": 1e400}"#.into(),
+            ),
+        ] {
+            let err = f.process(Message::new("t", inside.clone())).unwrap_err();
+            let whole = Message::new("t", inside.clone()).json_value().unwrap_err();
+            assert_eq!(err, whole, "{inside}");
+            let msg = Message::new("t", outside.clone());
+            assert_eq!(f.process(msg.clone()).unwrap(), vec![msg], "{outside}");
+        }
     }
 }
