@@ -227,12 +227,15 @@ impl PluginCache {
             );
         }
         if pruned.in_use_bytes > self.max_bytes {
-            tracing::warn!(
-                cache = %self.dir.display(),
-                in_use_bytes = pruned.in_use_bytes,
-                max_bytes = self.max_bytes,
-                "the compiled plugins in use are over the cache's bound (SLUICE_CACHE_MAX_MB); they are kept, but other processes sharing the folder delete them, and then compile them again"
-            );
+            // A bound of 0 asks for this: a note, not a warning.
+            let (cache, in_use_bytes, max_bytes) =
+                (self.dir.display(), pruned.in_use_bytes, self.max_bytes);
+            let what = "the compiled plugins in use are over the cache's bound (SLUICE_CACHE_MAX_MB); they are kept, but other processes sharing the folder delete them, and then compile them again";
+            if max_bytes == 0 {
+                tracing::info!(%cache, in_use_bytes, max_bytes, "{what}");
+            } else {
+                tracing::warn!(%cache, in_use_bytes, max_bytes, "{what}");
+            }
         }
         pruned
     }
