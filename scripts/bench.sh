@@ -17,6 +17,7 @@
 #   bash scripts/bench.sh                           # 100k messages per case, flat out
 #   bash scripts/bench.sh --messages 20000 --cases a,b1,e
 #   bash scripts/bench.sh --rate 2000               # fixed publish rate (latency)
+#   bash scripts/bench.sh -n 200000 --rounds 3      # three rounds: median rows, less noise
 #   bash scripts/bench.sh --micro                   # first the criterion micro-benchmarks
 #
 # Every argument except --micro goes to `sluice-bench run` (see

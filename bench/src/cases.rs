@@ -158,6 +158,8 @@ struct Env {
     tansu: Option<Tansu>,
     python: PathBuf,
     run_id: String,
+    /// The round running (from 1).
+    round: u32,
 }
 
 impl Env {
@@ -216,8 +218,36 @@ impl Env {
         }
     }
 
+    /// The case's Kafka topic in this round.
     fn topic(&self, case: &Case) -> String {
-        format!("bench.{}.{}", case.id, self.run_id)
+        format!(
+            "bench.{}.{}{}",
+            case.id,
+            self.run_id,
+            self.round_suffix(".")
+        )
+    }
+
+    /// The MQTT client id of the case's subscriber in this round. Each
+    /// round has its own ids and topics: a subscription of an earlier
+    /// round in the broker's log must not pass for this round's, nor its
+    /// records for this round's.
+    fn client_id(&self, case: &Case) -> String {
+        format!(
+            "sluice-bench-{}-{}{}",
+            case.letter,
+            std::process::id(),
+            self.round_suffix("-")
+        )
+    }
+
+    /// Nothing in the first round (names as before rounds existed), else
+    /// `{sep}r{round}`.
+    fn round_suffix(&self, sep: &str) -> String {
+        match self.round {
+            0 | 1 => String::new(),
+            n => format!("{sep}r{n}"),
+        }
     }
 }
 
@@ -247,7 +277,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.publishers,
         args.devices
     );
-    let env = start_env(args)?;
+    let mut env = start_env(args)?;
     eprintln!(
         "sluice-bench: MQTT {} ({}), Kafka {} ({})",
         env.mqtt_url,
@@ -264,31 +294,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     );
 
-    let mut results = Vec::new();
-    for case in &cases {
-        if let Some((_, why)) = skips.iter().find(|(letter, _)| *letter == case.letter) {
-            eprintln!("== ({}) {}: skipped: {why}", case.letter, case.id);
-            results.push(CaseResult::skipped(case, why));
-            continue;
+    let mut rounds = Vec::new();
+    for round in 1..=env.args.rounds {
+        env.round = round;
+        if env.args.rounds > 1 {
+            eprintln!("==== round {round} of {}", env.args.rounds);
         }
-        eprintln!("== ({}) {}: {}", case.letter, case.id, case.what);
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(&env, case)));
-        let result = match outcome {
-            Ok(Ok(result)) => result,
-            Ok(Err(err)) => CaseResult::failed(case, &format!("{err:#}")),
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-                    .unwrap_or_else(|| "panicked".into());
-                CaseResult::failed(case, &why)
-            }
-        };
-        eprintln!("   {}", result.summary());
-        results.push(result);
+        let mut results = Vec::new();
+        for case in &cases {
+            results.push(run_or_skip(&env, case, &skips));
+        }
+        report::add_ratios(&mut results);
+        rounds.push(results);
     }
-    report::add_ratios(&mut results);
+    let results = report::medians(&rounds);
     let run = report::Run {
         started_at,
         duration_s: wall.elapsed().as_secs_f64(),
@@ -311,6 +330,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         },
         cases: results,
+        rounds: if rounds.len() > 1 { rounds } else { Vec::new() },
     };
     let files = report::write(&run, &out)?;
     println!("{}", report::markdown(&run));
@@ -318,6 +338,31 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         eprintln!("sluice-bench: wrote {}", file.display());
     }
     Ok(())
+}
+
+/// Runs `case`, unless `skips` names it; a failure or a panic is its
+/// result, not the end of the run.
+fn run_or_skip(env: &Env, case: &Case, skips: &[(&'static str, String)]) -> CaseResult {
+    if let Some((_, why)) = skips.iter().find(|(letter, _)| *letter == case.letter) {
+        eprintln!("== ({}) {}: skipped: {why}", case.letter, case.id);
+        return CaseResult::skipped(case, why);
+    }
+    eprintln!("== ({}) {}: {}", case.letter, case.id, case.what);
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(env, case)));
+    let result = match outcome {
+        Ok(Ok(result)) => result,
+        Ok(Err(err)) => CaseResult::failed(case, &format!("{err:#}")),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            CaseResult::failed(case, &why)
+        }
+    };
+    eprintln!("   {}", result.summary());
+    result
 }
 
 /// Cases that cannot run here, and why (missing tools), found before any
@@ -392,6 +437,7 @@ fn start_env(args: RunArgs) -> anyhow::Result<Env> {
         .context("no Kafka broker")?;
     let python = python_bin(&args);
     Ok(Env {
+        round: 1,
         run_id: format!(
             "{}-{}",
             std::process::id(),
@@ -413,10 +459,6 @@ fn run_case(env: &Env, case: &Case) -> anyhow::Result<CaseResult> {
         Kind::PythonBridge => run_python_bridge(env, case),
         Kind::Sluice(delivery, chain) => run_sluice(env, case, delivery, chain),
     }
-}
-
-fn client_id(case: &Case) -> String {
-    format!("sluice-bench-{}-{}", case.letter, std::process::id())
 }
 
 /// `mosquitto_sub`: beside mosquitto, else on PATH, else Debian's place.
@@ -442,7 +484,7 @@ fn mosquitto_sub(env: &Env, client_id: &str) -> Command {
 
 fn run_ceiling(env: &Env, case: &Case) -> anyhow::Result<CaseResult> {
     let dir = temp_dir("sluice-bench-ceiling-");
-    let id = client_id(case);
+    let id = env.client_id(case);
     let mut command = mosquitto_sub(env, &id);
     command.args(["-C", &env.args.messages.to_string()]);
     let mut sub = ChildProcess::spawn_with_stdio(
@@ -463,7 +505,7 @@ fn run_pipe_bridge(env: &Env, case: &Case) -> anyhow::Result<CaseResult> {
     let topic = env.topic(case);
     create_topic(&env.brokers, &topic, env.args.partitions).map_err(|e| anyhow!(e))?;
     let dir = temp_dir("sluice-bench-pipe-");
-    let id = client_id(case);
+    let id = env.client_id(case);
     let mut command = mosquitto_sub(env, &id);
     command.arg("-v");
     let mut sub = ChildProcess::spawn_with_stdio(
@@ -504,7 +546,7 @@ fn run_python_bridge(env: &Env, case: &Case) -> anyhow::Result<CaseResult> {
     let topic = env.topic(case);
     create_topic(&env.brokers, &topic, env.args.partitions).map_err(|e| anyhow!(e))?;
     let dir = temp_dir("sluice-bench-python-");
-    let id = client_id(case);
+    let id = env.client_id(case);
     let (host, port) = parse_url(&env.mqtt_url);
     let mut command = Command::new(&env.python);
     command
@@ -533,7 +575,7 @@ fn run_sluice(
 ) -> anyhow::Result<CaseResult> {
     let topic = env.topic(case);
     create_topic(&env.brokers, &topic, env.args.partitions).map_err(|e| anyhow!(e))?;
-    let id = client_id(case);
+    let id = env.client_id(case);
     let yaml = pipeline_yaml(env, case, delivery, chain, &topic, &id);
     let mut sluice = Sluice::start(&[yaml]);
     env.wait_subscribed(&id, || None)?;

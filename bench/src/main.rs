@@ -51,6 +51,12 @@ pub struct RunArgs {
     /// Messages published per case.
     #[arg(short = 'n', long, default_value_t = 100_000)]
     pub messages: usize,
+    /// Rounds of all the cases, one after another (a, b1, ..., f, then a
+    /// again, ...); with more than one, each case's row is its median
+    /// round and its ratios the medians of the ratios within each round,
+    /// which the noise of a shared machine moves less than one round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Messages published and read back before each case's clock starts
     /// (numbered after the measured ones, not counted); 0: no warm-up.
     #[arg(long, default_value_t = 1000)]

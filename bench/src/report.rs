@@ -26,8 +26,12 @@ pub struct Run {
     pub settings: RunArgs,
     /// Which brokers.
     pub brokers: Brokers,
-    /// One entry per case, in order.
+    /// One entry per case, in order: with several rounds, each case's
+    /// median round (see [`medians`]).
     pub cases: Vec<CaseResult>,
+    /// With `--rounds` above 1, every round's results, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<Vec<CaseResult>>,
 }
 
 /// The brokers the cases shared.
@@ -258,6 +262,61 @@ pub fn add_ratios(results: &mut [CaseResult]) {
     }
 }
 
+/// One row per case from several rounds of all the cases: the case's
+/// median round by msg/s among its `ok` rounds (the lower middle one for
+/// an even number), with `vs_a`, `vs_b1` and `vs_b2` replaced by the
+/// medians of the ratios measured within each round (the baselines ran
+/// minutes apart from a case in other rounds, so cross-round ratios would
+/// mix the machine's slow and fast spells). A case with no `ok` round
+/// keeps its first round. One round is returned as it is.
+pub fn medians(rounds: &[Vec<CaseResult>]) -> Vec<CaseResult> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    if rounds.len() == 1 {
+        return first.clone();
+    }
+    (0..first.len())
+        .map(|i| {
+            let runs: Vec<&CaseResult> = rounds.iter().filter_map(|r| r.get(i)).collect();
+            let mut ok: Vec<&CaseResult> = runs
+                .iter()
+                .copied()
+                .filter(|r| r.status == "ok" && r.msgs_per_s.is_some())
+                .collect();
+            ok.sort_by(|a, b| {
+                a.msgs_per_s
+                    .partial_cmp(&b.msgs_per_s)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            let Some(mid) = ok.get(ok.len().saturating_sub(1) / 2) else {
+                return runs[0].clone();
+            };
+            let mut row = (*mid).clone();
+            let median_of =
+                |f: fn(&CaseResult) -> Option<f64>| lower_median(ok.iter().filter_map(|r| f(r)));
+            row.vs_a = median_of(|r| r.vs_a);
+            row.vs_b1 = median_of(|r| r.vs_b1);
+            row.vs_b2 = median_of(|r| r.vs_b2);
+            if ok.len() < runs.len() {
+                let not_ok = format!("{} of {} rounds not ok", runs.len() - ok.len(), runs.len());
+                row.note = Some(match row.note {
+                    Some(n) => format!("{not_ok}; {n}"),
+                    None => not_ok,
+                });
+            }
+            row
+        })
+        .collect()
+}
+
+/// The middle value (the lower middle one of an even number), if any.
+fn lower_median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len().checked_sub(1)? / 2).copied()
+}
+
 /// Writes results.json, results.md and results.svg into `dir`.
 pub fn write(run: &Run, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let json = dir.join("results.json");
@@ -282,13 +341,21 @@ fn thousands(x: f64) -> String {
     out
 }
 
+/// What a table shows where there is no figure.
+fn dash() -> String {
+    "–".to_string()
+}
+
+/// A ratio as a table shows it: `1.23×`.
+fn ratio(x: Option<f64>) -> String {
+    x.map_or_else(dash, |v| format!("{v:.2}×"))
+}
+
 /// The results as a Markdown table, with the run's conditions.
 pub fn markdown(run: &Run) -> String {
     let s = &run.settings;
     let m = &run.machine;
-    let dash = || "–".to_string();
     let num = |x: Option<f64>, decimals: usize| x.map_or_else(dash, |v| format!("{v:.decimals$}"));
-    let ratio = |x: Option<f64>| x.map_or_else(dash, |v| format!("{v:.2}×"));
     let mut out = format!(
         "Run {} ({:.0} s): {} messages per case, {}, publisher QoS {}, subscriptions QoS {}, \
          {} publisher(s), {} device topics, {} partitions, sluice max_in_flight {}.\n\
@@ -315,6 +382,14 @@ pub fn markdown(run: &Run) -> String {
         run.brokers.mqtt,
         run.brokers.kafka,
     );
+    if !run.rounds.is_empty() {
+        out += &format!(
+            "{} rounds of all the cases, one after another. Each row is the case's median \
+             round by msg/s; its ratios are the medians of the ratios within each round \
+             (every round below).\n\n",
+            run.rounds.len()
+        );
+    }
     out += "| case | what | msg/s | MB/s | p50 ms | p90 ms | p99 ms | max ms | missing | dup | CPU s | peak RSS MiB | vs a | vs b1 | vs b2 |\n";
     out += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     for r in &run.cases {
@@ -366,6 +441,9 @@ pub fn markdown(run: &Run) -> String {
             );
         }
     }
+    if !run.rounds.is_empty() {
+        out += &rounds_table(&run.rounds);
+    }
     let notes: Vec<String> = run
         .cases
         .iter()
@@ -375,6 +453,32 @@ pub fn markdown(run: &Run) -> String {
         out += "\nNotes:\n";
         out += &notes.join("\n");
         out += "\n";
+    }
+    out
+}
+
+/// Every round's msg/s and ratios, one row per case and round.
+fn rounds_table(rounds: &[Vec<CaseResult>]) -> String {
+    let mut out = "\nEvery round:\n\n\
+                   | round | case | status | msg/s | p99 ms | missing | CPU s | vs a | vs b1 | vs b2 |\n\
+                   | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        .to_string();
+    for (n, round) in rounds.iter().enumerate() {
+        for r in round {
+            out += &format!(
+                "| {} | ({}) | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                n + 1,
+                r.letter,
+                r.status,
+                r.msgs_per_s.map_or_else(dash, thousands),
+                r.latency_ms.map_or_else(dash, |l| format!("{:.1}", l.p99)),
+                r.missing.map_or_else(dash, |v| v.to_string()),
+                r.cpu_s.map_or_else(dash, |v| format!("{v:.1}")),
+                ratio(r.vs_a),
+                ratio(r.vs_b1),
+                ratio(r.vs_b2),
+            );
+        }
     }
     out
 }
@@ -545,6 +649,59 @@ mod tests {
         assert_eq!(thousands(999.4), "999");
         assert_eq!(thousands(12_345.0), "12,345");
         assert_eq!(thousands(1_234_567.0), "1,234,567");
+    }
+
+    fn result(letter: &str, status: &str, rate: Option<f64>, vs_a: Option<f64>) -> CaseResult {
+        let case = crate::cases::select(letter).expect("a case")[0];
+        let mut r = CaseResult::empty(&case, 10, status, "");
+        r.note = None;
+        r.msgs_per_s = rate;
+        r.vs_a = vs_a;
+        r
+    }
+
+    #[test]
+    fn several_rounds_give_each_case_its_median_round_and_median_ratios() {
+        let rounds = vec![
+            vec![
+                result("a", "ok", Some(100.0), Some(1.0)),
+                result("e", "ok", Some(90.0), Some(0.9)),
+            ],
+            vec![
+                result("a", "ok", Some(50.0), Some(1.0)),
+                result("e", "ok", Some(60.0), Some(1.2)),
+            ],
+            vec![
+                result("a", "ok", Some(80.0), Some(1.0)),
+                result("e", "ok", Some(70.0), Some(0.875)),
+            ],
+        ];
+        let rows = medians(&rounds);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].msgs_per_s, Some(80.0));
+        assert_eq!(rows[1].msgs_per_s, Some(70.0));
+        // The median of 0.9, 1.2 and 0.875, not 70 / 80 from two rows.
+        assert_eq!(rows[1].vs_a, Some(0.9));
+        assert_eq!(rows[1].note, None);
+        // One round is returned as it is.
+        assert_eq!(medians(&rounds[..1])[1].msgs_per_s, Some(90.0));
+        assert!(medians(&[]).is_empty());
+    }
+
+    #[test]
+    fn rounds_that_failed_are_left_out_of_the_median_and_noted() {
+        let rounds = vec![
+            vec![result("e", "failed", None, None)],
+            vec![result("e", "ok", Some(60.0), Some(1.2))],
+            vec![result("e", "ok", Some(70.0), Some(0.8))],
+            vec![result("e", "incomplete", Some(10.0), Some(0.1))],
+        ];
+        let row = &medians(&rounds)[0];
+        // The lower middle of two.
+        assert_eq!((row.msgs_per_s, row.vs_a), (Some(60.0), Some(0.8)));
+        assert_eq!(row.note.as_deref(), Some("2 of 4 rounds not ok"));
+        let all_failed = vec![vec![result("e", "failed", None, None)]; 2];
+        assert_eq!(medians(&all_failed)[0].status, "failed");
     }
 
     #[test]

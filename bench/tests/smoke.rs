@@ -80,3 +80,81 @@ fn every_case_runs_loses_nothing_and_writes_the_three_reports() {
         "an SVG plot"
     );
 }
+
+#[test]
+fn several_rounds_report_every_round_and_the_median_rows() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let run = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args([
+            "run",
+            "--messages",
+            "1000",
+            "--warmup",
+            "100",
+            "--rounds",
+            "2",
+        ])
+        .args([
+            "--cases",
+            "a,d",
+            "--case-timeout",
+            "120",
+            "--idle-timeout",
+            "10",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("sluice-bench runs");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "sluice-bench failed:\n{stderr}");
+    assert!(stderr.contains("==== round 2 of 2"), "{stderr}");
+
+    let json = std::fs::read_to_string(out.path().join("results.json")).expect("results.json");
+    let results: serde_json::Value = serde_json::from_str(&json).expect("results.json is JSON");
+    let rounds = results["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{json}");
+    for round in rounds {
+        let letters: Vec<&str> = round
+            .as_array()
+            .expect("a round")
+            .iter()
+            .filter_map(|c| c["letter"].as_str())
+            .collect();
+        assert_eq!(letters, ["a", "d"], "{json}");
+    }
+    let cases = results["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 2, "{json}");
+    let d = &cases[1];
+    assert_eq!(
+        (&d["status"], &d["missing"]),
+        (&"ok".into(), &0.into()),
+        "{d}"
+    );
+    // d's row is one of its rounds, and its ratio the median of the
+    // rounds' own ratios (the lower one of two).
+    let rate = d["msgs_per_s"].as_f64().expect("msg/s");
+    assert!(
+        rounds
+            .iter()
+            .any(|r| r[1]["msgs_per_s"].as_f64() == Some(rate)),
+        "{json}"
+    );
+    let ratios: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| r[1]["vs_a"].as_f64())
+        .collect();
+    assert_eq!(ratios.len(), 2, "{json}");
+    assert_eq!(d["vs_a"].as_f64(), Some(ratios[0].min(ratios[1])), "{json}");
+
+    let table = std::fs::read_to_string(out.path().join("results.md")).expect("results.md");
+    assert!(
+        table.contains("2 rounds of all the cases") && table.contains("Every round:"),
+        "{table}"
+    );
+    assert_eq!(
+        table.matches("| (d) |").count(),
+        2,
+        "one row per round:\n{table}"
+    );
+}
