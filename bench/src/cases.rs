@@ -577,18 +577,34 @@ fn run_sluice(
     create_topic(&env.brokers, &topic, env.args.partitions).map_err(|e| anyhow!(e))?;
     let id = env.client_id(case);
     let yaml = pipeline_yaml(env, case, delivery, chain, &topic, &id);
+    // Declared before `sluice`, so dropped after it has stopped.
+    let _session = ClearSession {
+        url: &env.mqtt_url,
+        id: &id,
+    };
     let mut sluice = Sluice::start(&[yaml]);
     env.wait_subscribed(&id, || None)?;
     let pid = sluice.pid();
     let verifier = env.verifier(&topic)?;
     let measured = drive(env, case, &[pid], Watch::Kafka(verifier))?;
     sluice.stop();
-    // The pipeline's persistent session would otherwise queue every later
-    // case's messages at the broker.
-    if let Err(err) = clear_session(&env.mqtt_url, &id) {
-        eprintln!("   warning: cannot clear MQTT session {id}: {err:#}");
-    }
     Ok(measured.into_result(env, case, &[pid]))
+}
+
+/// Clears the pipeline's persistent MQTT session `id` when dropped, on
+/// every way out of a case (a failure or a panic too): else it would
+/// queue every later case's and round's messages at the broker.
+struct ClearSession<'a> {
+    url: &'a str,
+    id: &'a str,
+}
+
+impl Drop for ClearSession<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = clear_session(self.url, self.id) {
+            eprintln!("   warning: cannot clear MQTT session {}: {err:#}", self.id);
+        }
+    }
 }
 
 /// The json-map configuration of cases e and f; bench/bridge.py does the

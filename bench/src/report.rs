@@ -299,11 +299,22 @@ pub fn medians(rounds: &[Vec<CaseResult>]) -> Vec<CaseResult> {
             row.vs_b1 = median_of(|r| r.vs_b1);
             row.vs_b2 = median_of(|r| r.vs_b2);
             if ok.len() < runs.len() {
-                let not_ok = format!("{} of {} rounds not ok", runs.len() - ok.len(), runs.len());
-                row.note = Some(match row.note {
-                    Some(n) => format!("{not_ok}; {n}"),
-                    None => not_ok,
-                });
+                // Why the other rounds were not ok, as their notes say.
+                let mut notes = vec![format!(
+                    "{} of {} rounds not ok",
+                    runs.len() - ok.len(),
+                    runs.len()
+                )];
+                for (n, r) in runs.iter().enumerate().filter(|(_, r)| r.status != "ok") {
+                    let why = r.note.as_deref().unwrap_or("no note");
+                    notes.push(format!("round {}: {}: {why}", n + 1, r.status));
+                }
+                notes.extend(row.note.take());
+                row.note = Some(notes.join("; "));
+                // Most rounds not ok: the row does not pass for a steady case.
+                if ok.len() * 2 <= runs.len() {
+                    row.status = "unsteady".into();
+                }
             }
             row
         })
@@ -385,8 +396,9 @@ pub fn markdown(run: &Run) -> String {
     if !run.rounds.is_empty() {
         out += &format!(
             "{} rounds of all the cases, one after another. Each row is the case's median \
-             round by msg/s; its ratios are the medians of the ratios within each round \
-             (every round below).\n\n",
+             round by msg/s (its latency, CPU and RSS are that round's); its ratios are the \
+             medians of the ratios within each round, not this row's msg/s over another \
+             row's. Every round is listed below.\n\n",
             run.rounds.len()
         );
     }
@@ -460,19 +472,20 @@ pub fn markdown(run: &Run) -> String {
 /// Every round's msg/s and ratios, one row per case and round.
 fn rounds_table(rounds: &[Vec<CaseResult>]) -> String {
     let mut out = "\nEvery round:\n\n\
-                   | round | case | status | msg/s | p99 ms | missing | CPU s | vs a | vs b1 | vs b2 |\n\
-                   | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+                   | round | case | status | msg/s | p99 ms | missing | dup | CPU s | vs a | vs b1 | vs b2 |\n\
+                   | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
         .to_string();
     for (n, round) in rounds.iter().enumerate() {
         for r in round {
             out += &format!(
-                "| {} | ({}) | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 n + 1,
                 r.letter,
                 r.status,
                 r.msgs_per_s.map_or_else(dash, thousands),
                 r.latency_ms.map_or_else(dash, |l| format!("{:.1}", l.p99)),
                 r.missing.map_or_else(dash, |v| v.to_string()),
+                r.duplicates.map_or_else(dash, |v| v.to_string()),
                 r.cpu_s.map_or_else(dash, |v| format!("{v:.1}")),
                 ratio(r.vs_a),
                 ratio(r.vs_b1),
@@ -510,14 +523,18 @@ fn chart(run: &Run, path: &Path) -> anyhow::Result<()> {
     title
         .titled(
             &format!(
-                "sluice-bench {}: {} messages per case ({}), {} CPUs",
+                "sluice-bench {}: {} messages per case ({}), {} CPUs{}",
                 run.started_at,
                 run.settings.messages,
                 match run.settings.rate {
                     0 => "flat out".to_string(),
                     r => format!("{r} msg/s"),
                 },
-                run.machine.cpus
+                run.machine.cpus,
+                match run.rounds.len() {
+                    0 | 1 => String::new(),
+                    n => format!(", each case's median round of {n}"),
+                }
             ),
             ("sans-serif", 18),
         )
@@ -699,7 +716,19 @@ mod tests {
         let row = &medians(&rounds)[0];
         // The lower middle of two.
         assert_eq!((row.msgs_per_s, row.vs_a), (Some(60.0), Some(0.8)));
-        assert_eq!(row.note.as_deref(), Some("2 of 4 rounds not ok"));
+        assert_eq!(
+            row.note.as_deref(),
+            Some("2 of 4 rounds not ok; round 1: failed: no note; round 4: incomplete: no note")
+        );
+        assert_eq!(row.status, "unsteady", "half the rounds are not ok");
+        let mut once = rounds[1..].to_vec();
+        once[2][0].note = Some("3 missing".into());
+        let row = &medians(&once)[0];
+        assert_eq!(row.status, "ok");
+        assert_eq!(
+            row.note.as_deref(),
+            Some("1 of 3 rounds not ok; round 3: incomplete: 3 missing")
+        );
         let all_failed = vec![vec![result("e", "failed", None, None)]; 2];
         assert_eq!(medians(&all_failed)[0].status, "failed");
     }
