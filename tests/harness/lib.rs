@@ -89,5 +89,7 @@ pub use sluice::{
     metric_value, parse_listen_line, sluice_command, Sluice, READY_TIMEOUT, STOP_GRACE,
 };
 pub use stream::{StreamPublisher, StreamReport};
-pub use tansu::{client_config as kafka_client_config, create_topic, tansu_bin, Tansu};
+pub use tansu::{
+    client_config as kafka_client_config, create_topic, delete_topic, tansu_bin, Tansu,
+};
 pub use wait::{deadline, wait_for, wait_until, POLL_INTERVAL};

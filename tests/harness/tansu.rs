@@ -255,3 +255,20 @@ pub fn create_topic(brokers: &str, name: &str, partitions: i32) -> Result<(), St
         ))
     }
 }
+
+/// Deletes topic `name` on the Kafka-protocol broker at `brokers` through
+/// the admin API (an unknown topic is an error).
+pub fn delete_topic(brokers: &str, name: &str) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|err| format!("rdkafka admin client for {brokers}: {err}"))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures::executor::block_on(admin.delete_topics(&[name], &options))
+        .map_err(|err| format!("delete topic {name} on {brokers}: {err}"))?;
+    for result in results {
+        if let Err((topic, code)) = result {
+            return Err(format!("delete topic {topic} on {brokers}: {code}"));
+        }
+    }
+    Ok(())
+}
