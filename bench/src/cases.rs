@@ -300,10 +300,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         if env.args.rounds > 1 {
             eprintln!("==== round {round} of {}", env.args.rounds);
         }
-        let mut results = Vec::new();
-        for case in &cases {
-            results.push(run_or_skip(&env, case, &skips));
+        // Round r starts r - 1 cases further on (a, b1, ... then b1, b2,
+        // ..., a), so that no case always runs first or right after the
+        // same one; the results stay in the cases' order.
+        let n = cases.len();
+        let mut results: Vec<Option<CaseResult>> = vec![None; n];
+        for i in (0..n).map(|i| (i + round as usize - 1) % n) {
+            results[i] = Some(run_or_skip(&env, &cases[i], &skips));
         }
+        let mut results: Vec<CaseResult> = results.into_iter().flatten().collect();
         report::add_ratios(&mut results);
         rounds.push(results);
     }
