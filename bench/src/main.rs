@@ -53,9 +53,9 @@ pub struct RunArgs {
     pub messages: usize,
     /// Rounds of all the cases, one after another, each starting one case
     /// further on (a, b1, ..., f, then b1, ..., f, a, ...); with more than
-    /// one, each case's row is its median
-    /// round and its ratios the medians of the ratios within each round,
-    /// which the noise of a shared machine moves less than one round.
+    /// one, each case's row is its median round and its ratios the medians
+    /// of the ratios within each round, which the noise of a shared machine
+    /// moves less than one round.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
     /// Messages published and read back before each case's clock starts

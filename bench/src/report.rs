@@ -286,8 +286,8 @@ pub fn medians(rounds: &[Vec<CaseResult>]) -> Vec<CaseResult> {
                 .collect();
             ok.sort_by(|a, b| {
                 a.msgs_per_s
-                    .partial_cmp(&b.msgs_per_s)
-                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.msgs_per_s.unwrap_or(0.0))
             });
             let Some(mid) = ok.get(ok.len().saturating_sub(1) / 2) else {
                 return runs[0].clone();
@@ -324,7 +324,7 @@ pub fn medians(rounds: &[Vec<CaseResult>]) -> Vec<CaseResult> {
 /// The middle value (the lower middle one of an even number), if any.
 fn lower_median(values: impl Iterator<Item = f64>) -> Option<f64> {
     let mut v: Vec<f64> = values.collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.sort_by(f64::total_cmp);
     v.get(v.len().checked_sub(1)? / 2).copied()
 }
 

@@ -8,31 +8,51 @@ use std::process::Command;
 
 const MESSAGES: usize = 3000;
 
-#[test]
-fn every_case_runs_loses_nothing_and_writes_the_three_reports() {
+/// What one `sluice-bench run` left: its folder, results.json as text and
+/// as a value, and what it printed to stderr.
+struct Bench {
+    out: tempfile::TempDir,
+    json: String,
+    results: serde_json::Value,
+    stderr: String,
+}
+
+/// Runs `sluice-bench run` with `args`, short timeouts and a fresh output
+/// folder; fails the test if the run fails.
+fn bench(args: &[&str]) -> Bench {
     let out = tempfile::tempdir().expect("temp dir");
     let run = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args([
-            "run",
-            "--messages",
-            &MESSAGES.to_string(),
-            "--warmup",
-            "200",
-        ])
+        .arg("run")
+        .args(args)
         .args(["--case-timeout", "120", "--idle-timeout", "10", "--out"])
         .arg(out.path())
         .output()
         .expect("sluice-bench runs");
     let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(
         run.status.success(),
         "sluice-bench failed ({}):\n{stdout}\n{stderr}",
         run.status
     );
-
     let json = std::fs::read_to_string(out.path().join("results.json")).expect("results.json");
-    let results: serde_json::Value = serde_json::from_str(&json).expect("results.json is JSON");
+    let results = serde_json::from_str(&json).expect("results.json is JSON");
+    Bench {
+        out,
+        json,
+        results,
+        stderr,
+    }
+}
+
+#[test]
+fn every_case_runs_loses_nothing_and_writes_the_three_reports() {
+    let Bench {
+        out,
+        json,
+        results,
+        stderr,
+    } = bench(&["--messages", &MESSAGES.to_string(), "--warmup", "200"]);
     let cases = results["cases"].as_array().expect("cases");
     let letters: Vec<&str> = cases.iter().filter_map(|c| c["letter"].as_str()).collect();
     assert_eq!(letters, ["a", "b1", "b2", "c", "d", "e", "f"], "{json}");
@@ -83,35 +103,23 @@ fn every_case_runs_loses_nothing_and_writes_the_three_reports() {
 
 #[test]
 fn several_rounds_report_every_round_and_the_median_rows() {
-    let out = tempfile::tempdir().expect("temp dir");
-    let run = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args([
-            "run",
-            "--messages",
-            "1000",
-            "--warmup",
-            "100",
-            "--rounds",
-            "2",
-        ])
-        .args([
-            "--cases",
-            "a,d",
-            "--case-timeout",
-            "120",
-            "--idle-timeout",
-            "10",
-        ])
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .expect("sluice-bench runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "sluice-bench failed:\n{stderr}");
+    let Bench {
+        out,
+        json,
+        results,
+        stderr,
+    } = bench(&[
+        "--messages",
+        "1000",
+        "--warmup",
+        "100",
+        "--rounds",
+        "2",
+        "--cases",
+        "a,d",
+    ]);
     assert!(stderr.contains("==== round 2 of 2"), "{stderr}");
 
-    let json = std::fs::read_to_string(out.path().join("results.json")).expect("results.json");
-    let results: serde_json::Value = serde_json::from_str(&json).expect("results.json is JSON");
     let rounds = results["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 2, "{json}");
     for round in rounds {

@@ -25,6 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+
 use super::WasmError;
 
 /// The bound when `SLUICE_CACHE_MAX_MB` is not set (wasmtime's own cache
@@ -116,29 +122,35 @@ impl PluginCache {
         Ok(dir.map(|d| Self::new(d, max_bytes)))
     }
 
-    /// The folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The bound on the entries' total size.
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
+    /// The file of the entry for plugin `bytes` compiled by `engine`.
+    pub(crate) fn entry_for(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
+        let content: String = Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut h = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        self.entry(&content, h.finish())
     }
 
     /// The file of the entry for a plugin's content hash (hex SHA-256)
     /// and an engine's compatibility hash.
-    pub(crate) fn entry(&self, content_hex: &str, engine: u64) -> PathBuf {
+    fn entry(&self, content_hex: &str, engine: u64) -> PathBuf {
         self.dir.join(format!("{content_hex}-{engine:016x}.cwasm"))
+    }
+
+    /// Notes that this process uses `entry`, so that it never deletes it.
+    fn keep(&self, entry: &Path) {
+        if let Ok(mut in_use) = self.in_use.lock() {
+            in_use.insert(entry.to_path_buf());
+        }
     }
 
     /// Marks `entry` as used now: this process keeps it, and other
     /// processes prune it after entries used longer ago. Best effort: a
     /// read-only cache still loads.
     pub(crate) fn used(&self, entry: &Path) {
-        if let Ok(mut in_use) = self.in_use.lock() {
-            in_use.insert(entry.to_path_buf());
-        }
+        self.keep(entry);
         if let Err(e) = touch(entry) {
             tracing::debug!(cache = %entry.display(), error = %e, "cannot mark a compiled-plugin cache entry as used");
         }
@@ -159,9 +171,7 @@ impl PluginCache {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        if let Ok(mut in_use) = self.in_use.lock() {
-            in_use.insert(entry.to_path_buf());
-        }
+        self.keep(entry);
         Ok(self.prune())
     }
 
@@ -282,9 +292,10 @@ fn kind(name: &str) -> Option<Kind> {
     if ext == "cwasm" {
         return Some(Kind::Entry);
     }
-    let (pid, suffix) = match ext.strip_prefix("tmp")?.split_once('-') {
+    let tmp = ext.strip_prefix("tmp")?;
+    let (pid, suffix) = match tmp.split_once('-') {
         Some((pid, suffix)) => (pid, Some(suffix)),
-        None => (ext.strip_prefix("tmp")?, None),
+        None => (tmp, None),
     };
     let pid_ok = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
     (pid_ok && suffix.is_none_or(|s| hex(s, ENGINE_HEX))).then_some(Kind::Tmp)
@@ -304,10 +315,15 @@ mod tests {
     fn put(dir: &Path, file: &str, len: usize, ago: u64) -> PathBuf {
         let p = dir.join(file);
         std::fs::write(&p, vec![0u8; len]).unwrap();
-        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        age(&p, ago);
+        p
+    }
+
+    /// Sets `p`'s modification time to `ago` seconds ago.
+    fn age(p: &Path, ago: u64) {
+        let f = std::fs::File::options().write(true).open(p).unwrap();
         f.set_modified(SystemTime::now() - Duration::from_secs(ago))
             .unwrap();
-        p
     }
 
     fn names(dir: &Path) -> Vec<String> {
@@ -327,9 +343,9 @@ mod tests {
     /// A cache over `d` that uses `in_use` (without touching them).
     fn cache(d: &Path, max_bytes: u64, in_use: &[&Path]) -> PluginCache {
         let cache = PluginCache::new(d.to_path_buf(), max_bytes);
-        let mut set = cache.in_use.lock().unwrap();
-        set.extend(in_use.iter().map(|p| p.to_path_buf()));
-        drop(set);
+        for p in in_use {
+            cache.keep(p);
+        }
         cache
     }
 
@@ -458,12 +474,7 @@ mod tests {
         assert_eq!(std::fs::read(&b).unwrap(), b"de");
         // Another process that loads b (a hit) and writes c deletes a.
         let two = PluginCache::new(d.clone(), 4);
-        std::fs::File::options()
-            .write(true)
-            .open(&b)
-            .unwrap()
-            .set_modified(SystemTime::now() - Duration::from_secs(60))
-            .unwrap();
+        age(&b, 60);
         two.used(&b);
         assert!(modified(&b) > SystemTime::now() - Duration::from_secs(5));
         let c = two.entry(&"ef".repeat(32), 1);
@@ -482,7 +493,7 @@ mod tests {
 
     /// (folder, bound) of the cache the variables name.
     fn from(pairs: &[(&str, &str)]) -> Result<Option<(PathBuf, u64)>, WasmError> {
-        PluginCache::from_vars(vars(pairs)).map(|c| c.map(|c| (c.dir().into(), c.max_bytes())))
+        PluginCache::from_vars(vars(pairs)).map(|c| c.map(|c| (c.dir, c.max_bytes)))
     }
 
     #[test]

@@ -33,14 +33,11 @@ mod abi;
 pub mod cache;
 pub mod chain;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::{
     Component, ComponentExportIndex, Func, HasSelf, Linker, ResourceTable, TypedFunc,
 };
@@ -385,17 +382,6 @@ impl WasmHost {
         Ok(engine)
     }
 
-    /// The name of the cache entry of `bytes` compiled by `engine`.
-    fn cache_entry(cache: &PluginCache, engine: &Engine, bytes: &[u8]) -> PathBuf {
-        let content: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let mut h = DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut h);
-        cache.entry(&content, h.finish())
-    }
-
     fn compile(&self, engine: &Engine, path: &Path) -> Result<Component, WasmError> {
         let bytes = std::fs::read(path).map_err(|source| WasmError::Read {
             path: path.to_path_buf(),
@@ -405,7 +391,7 @@ impl WasmHost {
         let cached = self
             .cache
             .as_ref()
-            .map(|cache| (cache, Self::cache_entry(cache, engine, &bytes)));
+            .map(|cache| (cache, cache.entry_for(engine, &bytes)));
         if let Some((cache, c)) = &cached {
             if c.is_file() {
                 // SAFETY: the file was written by `precompile_component` of an

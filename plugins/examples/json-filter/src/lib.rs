@@ -100,13 +100,10 @@ impl Transform for JsonFilter {
     fn new(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
         let pointer = json_pointer(&settings.field)?;
-        let first = settings
-            .field
-            .split('.')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let rest = pointer[json_pointer(&first)?.len()..].to_owned();
+        let (first, rest) = match settings.field.split_once('.') {
+            Some((first, rest)) => (first.to_owned(), json_pointer(rest)?),
+            None => (settings.field.clone(), String::new()),
+        };
         let value = check_value(settings.op, settings.value)?;
         let keep_matching = settings.action == Action::Keep;
         log::info(format!(
