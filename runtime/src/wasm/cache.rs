@@ -11,19 +11,22 @@
 //! cache is bounded: after a new entry is written, the least recently used
 //! entries beyond [`PluginCache::max_bytes`] are deleted. An entry is
 //! "used" when it is written or loaded (loading sets its modification
-//! time to now). The entries this process has loaded or written are never
-//! deleted by it, even over the bound (else two plugins over the bound
-//! would recompile each other at every start). Only files named like
-//! entries are ever deleted (the folder may hold other things:
-//! `~/.cache/sluice` is also where the guest tool chains go), and so are
-//! temporary files of writes that were cut short more than [`STALE_TMP`]
-//! ago. Several processes may share the folder: an entry that another one
+//! time to now). This process does not delete the entries of the plugins
+//! it runs, even over the bound (else two plugins over the bound would
+//! recompile each other at every start), nor, for [`KEEP_AFTER_USE`],
+//! those of plugins it stopped running (`sluice run` checks its
+//! pipelines' plugins, drops them, then loads them again to start them).
+//! After that they may go: under `--watch`, a rebuilt plugin's old entry.
+//! Only files named like entries are ever deleted (the folder may hold
+//! other things: `~/.cache/sluice` is also where the guest tool chains
+//! go), and so are temporary files of writes that were cut short more
+//! than [`STALE_TMP`] ago. Several processes may share the folder: an entry that another one
 //! deletes is compiled again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -41,6 +44,10 @@ pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 /// short (writing one takes milliseconds).
 pub const STALE_TMP: Duration = Duration::from_secs(3600);
 
+/// How long an entry stays kept after the last plugin loaded from it is
+/// dropped.
+pub const KEEP_AFTER_USE: Duration = Duration::from_secs(600);
+
 /// Length of a hex SHA-256.
 const CONTENT_HEX: usize = 64;
 /// Length of the hex engine hash.
@@ -51,8 +58,39 @@ const ENGINE_HEX: usize = 16;
 pub struct PluginCache {
     dir: PathBuf,
     max_bytes: u64,
-    /// The entries this process loaded or wrote, which it never deletes.
-    in_use: Mutex<HashSet<PathBuf>>,
+    /// The entries this process loaded or wrote, which it keeps while
+    /// they are in use and for `keep_after_use` after.
+    in_use: InUse,
+    keep_after_use: Duration,
+}
+
+type InUse = Arc<Mutex<HashMap<PathBuf, Use>>>;
+
+#[derive(Debug)]
+struct Use {
+    /// Live [`Lease`]s.
+    leases: usize,
+    /// When the last one was taken or dropped.
+    since: Instant,
+}
+
+/// A cache entry that a loaded plugin uses: [`PluginCache::prune`] keeps
+/// it while the lease lives, and for [`KEEP_AFTER_USE`] after.
+#[derive(Debug)]
+pub struct Lease {
+    in_use: InUse,
+    entry: PathBuf,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Ok(mut in_use) = self.in_use.lock() {
+            if let Some(u) = in_use.get_mut(&self.entry) {
+                u.leases = u.leases.saturating_sub(1);
+                u.since = Instant::now();
+            }
+        }
+    }
 }
 
 /// What [`PluginCache::prune`] deleted.
@@ -77,7 +115,8 @@ impl PluginCache {
         PluginCache {
             dir,
             max_bytes,
-            in_use: Mutex::default(),
+            in_use: InUse::default(),
+            keep_after_use: KEEP_AFTER_USE,
         }
     }
 
@@ -139,26 +178,47 @@ impl PluginCache {
         self.dir.join(format!("{content_hex}-{engine:016x}.cwasm"))
     }
 
-    /// Notes that this process uses `entry`, so that it never deletes it.
-    fn keep(&self, entry: &Path) {
+    /// Notes that this process uses `entry`, so that it keeps it while the
+    /// lease lives.
+    fn keep(&self, entry: &Path) -> Lease {
         if let Ok(mut in_use) = self.in_use.lock() {
-            in_use.insert(entry.to_path_buf());
+            let u = in_use.entry(entry.to_path_buf()).or_insert(Use {
+                leases: 0,
+                since: Instant::now(),
+            });
+            u.leases += 1;
+            u.since = Instant::now();
+        }
+        Lease {
+            in_use: self.in_use.clone(),
+            entry: entry.to_path_buf(),
         }
     }
 
-    /// Marks `entry` as used now: this process keeps it, and other
-    /// processes prune it after entries used longer ago. Best effort: a
-    /// read-only cache still loads.
-    pub(crate) fn used(&self, entry: &Path) {
-        self.keep(entry);
+    /// The entries this process keeps now; forgets those it no longer
+    /// needs to.
+    fn kept(&self) -> HashSet<PathBuf> {
+        let Ok(mut in_use) = self.in_use.lock() else {
+            return HashSet::new();
+        };
+        in_use.retain(|_, u| u.leases > 0 || u.since.elapsed() < self.keep_after_use);
+        in_use.keys().cloned().collect()
+    }
+
+    /// Marks `entry` as used now: this process keeps it while the lease
+    /// lives, and other processes prune it after entries used longer ago.
+    /// Best effort: a read-only cache still loads.
+    pub(crate) fn used(&self, entry: &Path) -> Lease {
         if let Err(e) = touch(entry) {
             tracing::debug!(cache = %entry.display(), error = %e, "cannot mark a compiled-plugin cache entry as used");
         }
+        self.keep(entry)
     }
 
     /// Writes `bytes` as `entry` (through a temporary file, so that no
-    /// reader sees half an entry), then prunes the cache.
-    pub(crate) fn store(&self, entry: &Path, bytes: &[u8]) -> std::io::Result<Pruned> {
+    /// reader sees half an entry), then prunes the cache. This process
+    /// keeps the entry while the lease lives.
+    pub(crate) fn store(&self, entry: &Path, bytes: &[u8]) -> std::io::Result<(Lease, Pruned)> {
         std::fs::create_dir_all(&self.dir)?;
         // Unique also among processes that share the folder from different
         // PID namespaces (containers, all PID 1).
@@ -171,18 +231,19 @@ impl PluginCache {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        self.keep(entry);
-        Ok(self.prune())
+        let lease = self.keep(entry);
+        Ok((lease, self.prune()))
     }
 
     /// Deletes the least recently used entries until the rest fit in
-    /// [`Self::max_bytes`] (the entries this process uses are kept in any
-    /// case), and temporary files older than [`STALE_TMP`]. Files that
+    /// `max_bytes` (the entries this process uses, or used less than
+    /// [`KEEP_AFTER_USE`] ago, are kept in any case), and temporary files
+    /// older than [`STALE_TMP`]. Files that
     /// vanish meanwhile (another Sluice pruning the same folder) are
     /// skipped.
     pub fn prune(&self) -> Pruned {
         let mut pruned = Pruned::default();
-        let in_use = self.in_use.lock().map(|s| s.clone()).unwrap_or_default();
+        let in_use = self.kept();
         let Ok(list) = std::fs::read_dir(&self.dir) else {
             return pruned;
         };
@@ -340,11 +401,12 @@ mod tests {
         v
     }
 
-    /// A cache over `d` that uses `in_use` (without touching them).
+    /// A cache over `d` that used `in_use` just now (without touching
+    /// them), so that it keeps them for [`KEEP_AFTER_USE`].
     fn cache(d: &Path, max_bytes: u64, in_use: &[&Path]) -> PluginCache {
         let cache = PluginCache::new(d.to_path_buf(), max_bytes);
         for p in in_use {
-            cache.keep(p);
+            drop(cache.keep(p));
         }
         cache
     }
@@ -466,21 +528,57 @@ mod tests {
         let one = PluginCache::new(d.clone(), 4);
         let a = one.entry(&"ab".repeat(32), 1);
         let b = one.entry(&"cd".repeat(32), 1);
-        one.store(&a, b"abc").unwrap();
+        let _a = one.store(&a, b"abc").unwrap();
         // a (3 bytes) and b (2 bytes) do not both fit in 4, but this
         // process uses both.
-        let pruned = one.store(&b, b"de").unwrap();
+        let (_b, pruned) = one.store(&b, b"de").unwrap();
         assert_eq!((pruned.entries, pruned.kept), (0, 2));
         assert_eq!(std::fs::read(&b).unwrap(), b"de");
         // Another process that loads b (a hit) and writes c deletes a.
         let two = PluginCache::new(d.clone(), 4);
         age(&b, 60);
-        two.used(&b);
+        let _b = two.used(&b);
         assert!(modified(&b) > SystemTime::now() - Duration::from_secs(5));
         let c = two.entry(&"ef".repeat(32), 1);
-        let pruned = two.store(&c, b"f").unwrap();
+        let (_c, pruned) = two.store(&c, b"f").unwrap();
         assert_eq!((pruned.entries, pruned.bytes), (1, 3));
         assert!(!a.exists() && b.exists() && c.exists());
+    }
+
+    #[test]
+    fn entries_are_kept_while_a_plugin_uses_them_and_for_a_while_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut cache = PluginCache::new(d.to_path_buf(), 0);
+        cache.keep_after_use = Duration::ZERO;
+        let old = put(d, &name(1), 100, 60);
+        let new = put(d, &name(2), 100, 0);
+        let old_plugin = cache.used(&old);
+        let new_plugin = cache.used(&new);
+        // Both run: both stay at a bound of 0.
+        assert_eq!(cache.prune().entries, 0);
+        // `--watch` replaced the old build of the plugin: its entry goes.
+        drop(old_plugin);
+        assert_eq!(cache.prune().entries, 1);
+        assert_eq!(names(d), vec![name(2)]);
+        // Two pipelines load the same plugin: its entry stays until both
+        // have stopped.
+        let second = cache.used(&new);
+        drop(new_plugin);
+        assert_eq!(cache.prune().entries, 0);
+        drop(second);
+        assert_eq!(cache.prune().entries, 1);
+        assert!(names(d).is_empty());
+        assert!(cache.kept().is_empty(), "stopped plugins are forgotten");
+
+        // With the real window, an entry outlives its last plugin for a
+        // while (`sluice run` checks its plugins, drops them, loads them
+        // again).
+        let cache = PluginCache::new(d.to_path_buf(), 0);
+        let e = put(d, &name(3), 100, 60);
+        drop(cache.used(&e));
+        assert_eq!(cache.prune().entries, 0);
+        assert_eq!(names(d), vec![name(3)]);
     }
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {

@@ -46,7 +46,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config::{Capability, Limits, Pos, TransformConfig};
 use crate::message::Message;
-use cache::PluginCache;
+use cache::{Lease, PluginCache};
 use chain::Outputs;
 
 mod bindings {
@@ -147,6 +147,9 @@ pub struct Plugin {
     engine: Engine,
     /// The file it came from.
     pub path: PathBuf,
+    /// Keeps its compiled-plugin cache entry from being pruned while it
+    /// is loaded.
+    _cache_entry: Option<Lease>,
 }
 
 /// Per-store host state.
@@ -382,7 +385,14 @@ impl WasmHost {
         Ok(engine)
     }
 
-    fn compile(&self, engine: &Engine, path: &Path) -> Result<Component, WasmError> {
+    /// The plugin at `path` compiled by `engine`, and its lease on the
+    /// cache entry it came from or went to (none without a cache, or when
+    /// the entry could not be written).
+    fn compile(
+        &self,
+        engine: &Engine,
+        path: &Path,
+    ) -> Result<(Component, Option<Lease>), WasmError> {
         let bytes = std::fs::read(path).map_err(|source| WasmError::Read {
             path: path.to_path_buf(),
             source,
@@ -399,10 +409,7 @@ impl WasmHost {
                 // into a folder that only this runtime writes. wasmtime also
                 // checks the header and rejects mismatches with an error.
                 match unsafe { Component::deserialize_file(engine, c) } {
-                    Ok(comp) => {
-                        cache.used(c);
-                        return Ok(comp);
-                    }
+                    Ok(comp) => return Ok((comp, Some(cache.used(c)))),
                     // Another process sharing the folder pruned it.
                     Err(e) if !c.exists() => {
                         tracing::debug!(cache = %c.display(), error = %e, "compiled-plugin cache entry deleted meanwhile")
@@ -420,14 +427,20 @@ impl WasmHost {
             ))
         };
         let Some((cache, c)) = cached else {
-            return Component::new(engine, &bytes).map_err(compile_err);
+            let comp = Component::new(engine, &bytes).map_err(compile_err)?;
+            return Ok((comp, None));
         };
         let pre = engine.precompile_component(&bytes).map_err(compile_err)?;
-        if let Err(e) = cache.store(&c, &pre) {
-            tracing::warn!(cache = %c.display(), error = %e, "cannot write compiled-plugin cache");
-        }
+        let lease = match cache.store(&c, &pre) {
+            Ok((lease, _)) => Some(lease),
+            Err(e) => {
+                tracing::warn!(cache = %c.display(), error = %e, "cannot write compiled-plugin cache");
+                None
+            }
+        };
         // SAFETY: `pre` was produced just now by this engine.
-        unsafe { Component::deserialize(engine, &pre) }.map_err(compile_err)
+        let comp = unsafe { Component::deserialize(engine, &pre) }.map_err(compile_err)?;
+        Ok((comp, lease))
     }
 
     /// Compiles (or loads from cache) and links the plugin of transform
@@ -436,7 +449,7 @@ impl WasmHost {
     pub fn load(&self, t: &TransformConfig) -> Result<Arc<Plugin>, WasmError> {
         let path = t.plugin.as_path();
         let engine = self.engine(t.limits.stack_kb)?;
-        let component = self.compile(&engine, path)?;
+        let (component, cache_entry) = self.compile(&engine, path)?;
         check_imports(path, &component, &engine, &t.capabilities)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
@@ -478,6 +491,7 @@ impl WasmHost {
             process,
             engine,
             path: path.to_path_buf(),
+            _cache_entry: cache_entry,
         }))
     }
 
