@@ -100,6 +100,40 @@ fn cache_entries(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
     v
 }
 
+/// A loaded plugin holds on to its cache entry: at a bound of 0, writing
+/// other entries keeps it while the plugin is loaded, and deletes it once
+/// the plugin is dropped (with no keep window here; `sluice` keeps it 10
+/// minutes more), as when `run --watch` moves to a rebuilt plugin.
+#[test]
+fn a_loaded_plugin_keeps_its_cache_entry_until_it_is_dropped() {
+    use sluice::wasm::{cache::PluginCache, WasmHost};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache =
+        PluginCache::new(dir.path().to_path_buf(), 0).keep_after_use(std::time::Duration::ZERO);
+    let host = WasmHost::new(Some(cache)).expect("wasm engine");
+    let load = |name: &str| {
+        host.load(&transform(plugin(name), "{}"))
+            .expect("the plugin loads")
+    };
+    let map = load("json_map");
+    let map_entry = cache_entries(dir.path());
+    let split = load("json_split");
+    assert_eq!(
+        cache_entries(dir.path()).len(),
+        2,
+        "both plugins are loaded: both entries stay at a bound of 0"
+    );
+    drop(map);
+    let filter = load("json_filter");
+    let left = cache_entries(dir.path());
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        !left.contains(&map_entry[0]),
+        "the dropped plugin's entry goes: {left:?}"
+    );
+    drop((split, filter));
+}
+
 #[test]
 fn the_cache_keeps_the_recently_used_plugins_within_sluice_cache_max_mb() {
     let dir = tempfile::tempdir().expect("temp dir");

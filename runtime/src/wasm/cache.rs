@@ -16,7 +16,9 @@
 //! recompile each other at every start), nor, for [`KEEP_AFTER_USE`],
 //! those of plugins it stopped running (`sluice run` checks its
 //! pipelines' plugins, drops them, then loads them again to start them).
-//! After that they may go: under `--watch`, a rebuilt plugin's old entry.
+//! After that they may go: under `--watch`, a rebuilt plugin's old entry
+//! (once the pipeline has moved to the new build, at its next batch), and
+//! a paused pipeline's entries (compiled again on resume if pruned).
 //! Only files named like entries are ever deleted (the folder may hold
 //! other things: `~/.cache/sluice` is also where the guest tool chains
 //! go), and so are temporary files of writes that were cut short more
@@ -104,7 +106,8 @@ pub struct Pruned {
     pub kept: usize,
     /// Their bytes.
     pub kept_bytes: u64,
-    /// Bytes of the entries kept because this process uses them.
+    /// Bytes of the entries kept because this process uses them or used
+    /// them less than [`KEEP_AFTER_USE`] ago.
     pub in_use_bytes: u64,
 }
 
@@ -118,6 +121,13 @@ impl PluginCache {
             in_use: InUse::default(),
             keep_after_use: KEEP_AFTER_USE,
         }
+    }
+
+    /// Keeps the entries of plugins this process stopped using for
+    /// `window` (default [`KEEP_AFTER_USE`]).
+    pub fn keep_after_use(mut self, window: Duration) -> Self {
+        self.keep_after_use = window;
+        self
     }
 
     /// The cache the environment names: the folder `$SLUICE_CACHE_DIR`,
@@ -219,6 +229,9 @@ impl PluginCache {
     /// reader sees half an entry), then prunes the cache. This process
     /// keeps the entry while the lease lives.
     pub(crate) fn store(&self, entry: &Path, bytes: &[u8]) -> std::io::Result<(Lease, Pruned)> {
+        // Taken first, so that another thread's prune cannot delete the
+        // entry between the rename and here.
+        let lease = self.keep(entry);
         std::fs::create_dir_all(&self.dir)?;
         // Unique also among processes that share the folder from different
         // PID namespaces (containers, all PID 1).
@@ -231,7 +244,6 @@ impl PluginCache {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        let lease = self.keep(entry);
         Ok((lease, self.prune()))
     }
 
@@ -268,7 +280,8 @@ impl PluginCache {
                 }
             }
         }
-        // The entries in use first, then the most recently used.
+        // The entries kept for this process first, then the most recently
+        // used.
         entries.sort_by_key(|e| std::cmp::Reverse((in_use.contains(&e.0), e.1)));
         // Once one entry does not fit, every entry used before it goes.
         let mut full = false;
@@ -301,7 +314,7 @@ impl PluginCache {
             // A bound of 0 asks for this: a note, not a warning.
             let (cache, in_use_bytes, max_bytes) =
                 (self.dir.display(), pruned.in_use_bytes, self.max_bytes);
-            let what = "the compiled plugins in use are over the cache's bound (SLUICE_CACHE_MAX_MB); they are kept, but other processes sharing the folder delete them, and then compile them again";
+            let what = "the compiled plugins this process uses (or used in the last 10 minutes) are over the cache's bound (SLUICE_CACHE_MAX_MB); they are kept, but other processes sharing the folder delete them, and then compile them again";
             if max_bytes == 0 {
                 tracing::info!(%cache, in_use_bytes, max_bytes, "{what}");
             } else {
@@ -549,8 +562,7 @@ mod tests {
     fn entries_are_kept_while_a_plugin_uses_them_and_for_a_while_after() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let mut cache = PluginCache::new(d.to_path_buf(), 0);
-        cache.keep_after_use = Duration::ZERO;
+        let cache = PluginCache::new(d.to_path_buf(), 0).keep_after_use(Duration::ZERO);
         let old = put(d, &name(1), 100, 60);
         let new = put(d, &name(2), 100, 0);
         let old_plugin = cache.used(&old);

@@ -404,12 +404,14 @@ impl WasmHost {
             .map(|cache| (cache, cache.entry_for(engine, &bytes)));
         if let Some((cache, c)) = &cached {
             if c.is_file() {
+                // Before loading, so that another thread's prune keeps it.
+                let lease = cache.used(c);
                 // SAFETY: the file was written by `precompile_component` of an
                 // engine with the same compatibility hash (it is in the name),
                 // into a folder that only this runtime writes. wasmtime also
                 // checks the header and rejects mismatches with an error.
                 match unsafe { Component::deserialize_file(engine, c) } {
-                    Ok(comp) => return Ok((comp, Some(cache.used(c)))),
+                    Ok(comp) => return Ok((comp, Some(lease))),
                     // Another process sharing the folder pruned it.
                     Err(e) if !c.exists() => {
                         tracing::debug!(cache = %c.display(), error = %e, "compiled-plugin cache entry deleted meanwhile")
