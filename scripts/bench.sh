@@ -42,11 +42,8 @@ done
 # shellcheck source=scripts/setup.sh
 source "$ROOT/scripts/setup.sh" bench
 
-# Only the two the cases run (not the test fixtures): a cold build is part
-# of the one command's time.
-echo "==== build plugins json-map and json-filter (wasm32-wasip2, release)"
-(cd plugins && cargo build --release --target wasm32-wasip2 --target-dir "$ROOT/plugins/target" \
-    -p json-map -p json-filter)
+echo "==== build plugins (wasm32-wasip2, release)"
+(cd plugins && cargo build --release --target wasm32-wasip2 --target-dir "$ROOT/plugins/target")
 
 if [ -n "$micro" ]; then
     # Before the release build below: this bench build links a sluice
