@@ -213,7 +213,7 @@ fn the_cache_keeps_the_recently_used_plugins_within_sluice_cache_max_mb() {
     let log = validate_in(&shared, sensors, Some("0"));
     assert_eq!(cache_entries(&shared).len(), 2, "{log}");
     assert!(
-        log.contains("the compiled plugins in use are over the cache's bound"),
+        log.contains("the compiled plugins this process uses (or used in the last 10 minutes) are over the cache's bound"),
         "{log}"
     );
     let before = cache_entries(&shared);
