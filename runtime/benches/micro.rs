@@ -27,7 +27,12 @@
 //!
 //! At the end it prints the per-message figures of the transform benchmarks
 //! with the Wasm/native ratio: from criterion's mean, and from its fastest
-//! sample, which a shared machine's noise moves far less.
+//! sample, which a shared machine's noise moves far less. With
+//! `bench-native` it then measures the two at batch 256 in alternation, a
+//! few milliseconds each (`json_map/alternating`, not a criterion
+//! benchmark): the ratio of each pair is taken at one speed of the
+//! machine, and the median of 300 pairs is the steadiest figure of the
+//! three. `-- alternating` runs that alone (about 15 s).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -91,8 +96,9 @@ fn batch(n: usize) -> Vec<Message> {
         .collect()
 }
 
-fn transforms(c: &mut Criterion) {
-    let host = WasmHost::new(None).expect("wasm engine");
+/// An instance of the json-map plugin with the configuration of cases e
+/// and f.
+fn json_map_instance(host: &WasmHost) -> Instance {
     let t = TransformConfig {
         name: "normalise".into(),
         plugin: plugin("json_map"),
@@ -104,7 +110,12 @@ fn transforms(c: &mut Criterion) {
         config_pos: Pos { line: 1, col: 1 },
     };
     let plugin = host.load(&t).expect("json_map plugin");
-    let mut wasm = Instance::new(&plugin, "bench", &t).expect("json_map init");
+    Instance::new(&plugin, "bench", &t).expect("json_map init")
+}
+
+fn transforms(c: &mut Criterion) {
+    let host = WasmHost::new(None).expect("wasm engine");
+    let mut wasm = json_map_instance(&host);
     #[cfg(feature = "bench-native")]
     let mut native = native::JsonMap::new(JSON_MAP_CONFIG);
 
@@ -250,7 +261,93 @@ fn main() {
     config(&mut c);
     templates(&mut c);
     c.final_summary();
-    per_message_summary(&dir);
+    let transform_ids: Vec<String> = BATCHES
+        .iter()
+        .flat_map(|n| [format!("json_map/wasm/{n}"), format!("json_map/native/{n}")])
+        .collect();
+    if wanted(&transform_ids) {
+        per_message_summary(&dir);
+    }
+    #[cfg(feature = "bench-native")]
+    if wanted(&["json_map/alternating".to_string()]) {
+        alternating_ratio();
+    }
+}
+
+/// Whether the filters given on the command line (`cargo bench ... --
+/// FILTER`), if any, select one of `ids` (by substring, as criterion's
+/// filters do for plain text).
+fn wanted(ids: &[String]) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty()
+        || ids
+            .iter()
+            .any(|id| filters.iter().any(|f| id.contains(f.as_str())))
+}
+
+/// Wasm against native at batch 256, measured in alternation: pairs of
+/// [`REPS`] Wasm calls and [`REPS`] native calls, back to back, the order
+/// swapped every pair. criterion measures one side for seconds and then the
+/// other, and a shared VM changes speed by tens of per cent between
+/// minutes; a pair takes about 10 ms, so each pair's ratio is measured at
+/// one speed. Prints the median ratio and its quartiles.
+#[cfg(feature = "bench-native")]
+fn alternating_ratio() {
+    use std::time::Instant;
+    const N: usize = 256;
+    const REPS: usize = 10;
+    const PAIRS: usize = 300;
+    let host = WasmHost::new(None).expect("wasm engine");
+    let mut wasm = json_map_instance(&host);
+    let mut native = native::JsonMap::new(JSON_MAP_CONFIG);
+    let input = batch(N);
+    let mut wasm_call = || {
+        std::hint::black_box(wasm.process(&input).expect("wasm call"));
+    };
+    let mut native_call = || {
+        std::hint::black_box(native.process(&input));
+    };
+    // Nanoseconds per message of `REPS` calls.
+    fn timed(call: &mut dyn FnMut()) -> f64 {
+        let start = Instant::now();
+        for _ in 0..REPS {
+            call();
+        }
+        start.elapsed().as_nanos() as f64 / (REPS * N) as f64
+    }
+    for _ in 0..REPS * 5 {
+        wasm_call();
+        native_call();
+    }
+    let (mut w, mut n, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..PAIRS {
+        let (a, b) = if pair % 2 == 0 {
+            let a = timed(&mut wasm_call);
+            (a, timed(&mut native_call))
+        } else {
+            let b = timed(&mut native_call);
+            (timed(&mut wasm_call), b)
+        };
+        w.push(a);
+        n.push(b);
+        ratios.push(a / b);
+    }
+    let quantile = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    println!(
+        "\nWasm against native in alternation (batch {N}, {PAIRS} pairs of {REPS} calls each):\n  \
+         wasm {:.0} ns/msg, native {:.0} ns/msg (medians); wasm/native: median {:.2}x, quartiles {:.2}x-{:.2}x",
+        quantile(&mut w, 0.5),
+        quantile(&mut n, 0.5),
+        quantile(&mut ratios, 0.5),
+        quantile(&mut ratios, 0.25),
+        quantile(&mut ratios, 0.75),
+    );
 }
 
 mod engine {
