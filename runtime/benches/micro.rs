@@ -28,11 +28,11 @@
 //! At the end it prints the per-message figures of the transform benchmarks
 //! with the Wasm/native ratio: from criterion's mean, and from its fastest
 //! sample, which a shared machine's noise moves far less. With
-//! `bench-native` it then measures the two at batch 256 in alternation, a
-//! few milliseconds each (`json_map/alternating`, not a criterion
-//! benchmark): the ratio of each pair is taken at one speed of the
-//! machine, and the median of 300 pairs is the steadiest figure of the
-//! three. `-- alternating` runs that alone (about 15 s).
+//! `bench-native`, `json_map/alternating` calls Wasm and native in turn at
+//! batch 256, so that each of its samples has both sides at one speed of
+//! the machine, and the end prints the median and quartiles of the
+//! samples' Wasm/native ratios (`-- alternating` runs it alone). The
+//! tables show only what the run measured.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,7 +113,19 @@ fn json_map_instance(host: &WasmHost) -> Instance {
     Instance::new(&plugin, "bench", &t).expect("json_map init")
 }
 
-fn transforms(c: &mut Criterion) {
+/// Batch size of `json_map/alternating`.
+const ALTERNATING: usize = 256;
+
+/// One sample of `json_map/alternating`: `iters` Wasm calls and as many
+/// native calls, in turn, and the time each side took.
+struct Pair {
+    iters: u64,
+    wasm: Duration,
+    native: Duration,
+}
+
+/// The json-map benchmarks; returns the samples of `json_map/alternating`.
+fn transforms(c: &mut Criterion) -> Vec<Pair> {
     let host = WasmHost::new(None).expect("wasm engine");
     let mut wasm = json_map_instance(&host);
     #[cfg(feature = "bench-native")]
@@ -139,7 +151,51 @@ fn transforms(c: &mut Criterion) {
             b.iter(|| native.process(input))
         });
     }
+    // Wasm and native in turn, call by call, the order swapped every call:
+    // criterion measures `json_map/wasm/256` for seconds and then
+    // `json_map/native/256`, and a shared VM changes speed between the two;
+    // each sample here has both sides at one speed. Criterion reports the
+    // Wasm side's time; the ratios are printed at the end.
+    #[allow(unused_mut)]
+    let mut pairs = Vec::new();
+    #[cfg(feature = "bench-native")]
+    {
+        let input = batch(ALTERNATING);
+        group.throughput(Throughput::Elements(ALTERNATING as u64));
+        group.bench_function("alternating", |b| {
+            b.iter_custom(|iters| {
+                let (mut w, mut n) = (Duration::ZERO, Duration::ZERO);
+                for i in 0..iters {
+                    let timed = |f: &mut dyn FnMut()| {
+                        let start = std::time::Instant::now();
+                        f();
+                        start.elapsed()
+                    };
+                    let mut call_wasm = || {
+                        std::hint::black_box(wasm.process(&input).expect("wasm call"));
+                    };
+                    let mut call_native = || {
+                        std::hint::black_box(native.process(&input));
+                    };
+                    if i % 2 == 0 {
+                        w += timed(&mut call_wasm);
+                        n += timed(&mut call_native);
+                    } else {
+                        n += timed(&mut call_native);
+                        w += timed(&mut call_wasm);
+                    }
+                }
+                pairs.push(Pair {
+                    iters,
+                    wasm: w,
+                    native: n,
+                });
+                w
+            })
+        });
+    }
     group.finish();
+    pairs
 }
 
 fn config(c: &mut Criterion) {
@@ -196,9 +252,14 @@ fn templates(c: &mut Criterion) {
 /// sample (a sample's time divided by its iterations). On a shared VM the
 /// mean moves by tens of per cent between runs of one binary; the fastest
 /// sample, the run least disturbed by other guests, moves by a few.
-fn per_message_summary(dir: &Path) {
+fn per_message_summary(dir: &Path, since: std::time::SystemTime) {
+    // Only what this run measured: criterion leaves earlier runs' files.
     let read = |kind: &str, n: usize, file: &str| -> Option<serde_json::Value> {
         let path = dir.join(format!("json_map/{kind}/{n}/new/{file}"));
+        let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+        if written < since {
+            return None;
+        }
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
     };
     let mean_ns = |kind: &str, n: usize| -> Option<f64> {
@@ -222,6 +283,12 @@ fn per_message_summary(dir: &Path) {
         w.zip(n)
             .map_or_else(|| "-".to_string(), |(w, n)| format!("{:.2}x", w / n))
     };
+    let ran = BATCHES
+        .iter()
+        .any(|&n| mean_ns("wasm", n).is_some() || mean_ns("native", n).is_some());
+    if !ran {
+        return;
+    }
     println!("\nper message (criterion's mean, and its fastest sample, / batch size):");
     println!("  batch   wasm ns/msg   native ns/msg   wasm/native   fastest: wasm   native   wasm/native");
     for n in BATCHES {
@@ -256,97 +323,47 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    transforms(&mut c);
+    let since = std::time::SystemTime::now();
+    let pairs = transforms(&mut c);
     engine::engine(&mut c, &plugin("json_map"), JSON_MAP_CONFIG, batch);
     config(&mut c);
     templates(&mut c);
     c.final_summary();
-    let transform_ids: Vec<String> = BATCHES
-        .iter()
-        .flat_map(|n| [format!("json_map/wasm/{n}"), format!("json_map/native/{n}")])
-        .collect();
-    if wanted(&transform_ids) {
-        per_message_summary(&dir);
-    }
-    #[cfg(feature = "bench-native")]
-    if wanted(&["json_map/alternating".to_string()]) {
-        alternating_ratio();
-    }
+    per_message_summary(&dir, since);
+    alternating_summary(&pairs);
 }
 
-/// Whether the filters given on the command line (`cargo bench ... --
-/// FILTER`), if any, select one of `ids` (by substring, as criterion's
-/// filters do for plain text).
-fn wanted(ids: &[String]) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    filters.is_empty()
-        || ids
-            .iter()
-            .any(|id| filters.iter().any(|f| id.contains(f.as_str())))
-}
-
-/// Wasm against native at batch 256, measured in alternation: pairs of
-/// [`REPS`] Wasm calls and [`REPS`] native calls, back to back, the order
-/// swapped every pair. criterion measures one side for seconds and then the
-/// other, and a shared VM changes speed by tens of per cent between
-/// minutes; a pair takes about 10 ms, so each pair's ratio is measured at
-/// one speed. Prints the median ratio and its quartiles.
-#[cfg(feature = "bench-native")]
-fn alternating_ratio() {
-    use std::time::Instant;
-    const N: usize = 256;
-    const REPS: usize = 10;
-    const PAIRS: usize = 300;
-    let host = WasmHost::new(None).expect("wasm engine");
-    let mut wasm = json_map_instance(&host);
-    let mut native = native::JsonMap::new(JSON_MAP_CONFIG);
-    let input = batch(N);
-    let mut wasm_call = || {
-        std::hint::black_box(wasm.process(&input).expect("wasm call"));
-    };
-    let mut native_call = || {
-        std::hint::black_box(native.process(&input));
-    };
-    // Nanoseconds per message of `REPS` calls.
-    fn timed(call: &mut dyn FnMut()) -> f64 {
-        let start = Instant::now();
-        for _ in 0..REPS {
-            call();
-        }
-        start.elapsed().as_nanos() as f64 / (REPS * N) as f64
+/// Prints the Wasm/native ratio of `json_map/alternating`: the median and
+/// quartiles of its samples' ratios, each taken within one sample (none
+/// when it did not run).
+fn alternating_summary(pairs: &[Pair]) {
+    if pairs.is_empty() {
+        return;
     }
-    for _ in 0..REPS * 5 {
-        wasm_call();
-        native_call();
-    }
-    let (mut w, mut n, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for pair in 0..PAIRS {
-        let (a, b) = if pair % 2 == 0 {
-            let a = timed(&mut wasm_call);
-            (a, timed(&mut native_call))
-        } else {
-            let b = timed(&mut native_call);
-            (timed(&mut wasm_call), b)
-        };
-        w.push(a);
-        n.push(b);
-        ratios.push(a / b);
-    }
-    let quantile = |v: &mut Vec<f64>, q: f64| {
+    let quantile = |mut v: Vec<f64>, q: f64| {
         v.sort_by(f64::total_cmp);
         v[((v.len() - 1) as f64 * q).round() as usize]
     };
+    let per_message =
+        |t: Duration, iters: u64| t.as_nanos() as f64 / (iters as f64 * ALTERNATING as f64);
+    let ratios: Vec<f64> = pairs
+        .iter()
+        .map(|p| p.wasm.as_secs_f64() / p.native.as_secs_f64())
+        .collect();
+    let wasm: Vec<f64> = pairs.iter().map(|p| per_message(p.wasm, p.iters)).collect();
+    let native: Vec<f64> = pairs
+        .iter()
+        .map(|p| per_message(p.native, p.iters))
+        .collect();
     println!(
-        "\nWasm against native in alternation (batch {N}, {PAIRS} pairs of {REPS} calls each):\n  \
+        "\njson_map/alternating, batch {ALTERNATING}, {} samples of Wasm and native calls in turn:\n  \
          wasm {:.0} ns/msg, native {:.0} ns/msg (medians); wasm/native: median {:.2}x, quartiles {:.2}x-{:.2}x",
-        quantile(&mut w, 0.5),
-        quantile(&mut n, 0.5),
-        quantile(&mut ratios, 0.5),
-        quantile(&mut ratios, 0.25),
-        quantile(&mut ratios, 0.75),
+        pairs.len(),
+        quantile(wasm, 0.5),
+        quantile(native, 0.5),
+        quantile(ratios.clone(), 0.5),
+        quantile(ratios.clone(), 0.25),
+        quantile(ratios, 0.75),
     );
 }
 
