@@ -151,50 +151,60 @@ fn transforms(c: &mut Criterion) -> Vec<Pair> {
             b.iter(|| native.process(input))
         });
     }
-    // Wasm and native in turn, call by call, the order swapped every call:
-    // criterion measures `json_map/wasm/256` for seconds and then
-    // `json_map/native/256`, and a shared VM changes speed between the two;
-    // each sample here has both sides at one speed. Criterion reports the
-    // Wasm side's time; the ratios are printed at the end.
-    #[allow(unused_mut)]
-    let mut pairs = Vec::new();
     #[cfg(feature = "bench-native")]
-    {
-        let input = batch(ALTERNATING);
-        group.throughput(Throughput::Elements(ALTERNATING as u64));
-        group.bench_function("alternating", |b| {
-            b.iter_custom(|iters| {
-                let (mut w, mut n) = (Duration::ZERO, Duration::ZERO);
-                for i in 0..iters {
-                    let timed = |f: &mut dyn FnMut()| {
-                        let start = std::time::Instant::now();
-                        f();
-                        start.elapsed()
-                    };
-                    let mut call_wasm = || {
-                        std::hint::black_box(wasm.process(&input).expect("wasm call"));
-                    };
-                    let mut call_native = || {
-                        std::hint::black_box(native.process(&input));
-                    };
-                    if i % 2 == 0 {
-                        w += timed(&mut call_wasm);
-                        n += timed(&mut call_native);
-                    } else {
-                        n += timed(&mut call_native);
-                        w += timed(&mut call_wasm);
-                    }
-                }
-                pairs.push(Pair {
-                    iters,
-                    wasm: w,
-                    native: n,
-                });
-                w
-            })
-        });
-    }
+    let pairs = alternating(&mut group, &mut wasm, &mut native);
+    #[cfg(not(feature = "bench-native"))]
+    let pairs = Vec::new();
     group.finish();
+    pairs
+}
+
+/// `json_map/alternating`: Wasm and native in turn, call by call, the
+/// order swapped every call. Criterion measures `json_map/wasm/256` for
+/// seconds and then `json_map/native/256`, and a shared VM changes speed
+/// between the two; each sample here has both sides at one speed.
+/// Criterion reports the Wasm side's time; the samples are returned for
+/// [`alternating_summary`].
+#[cfg(feature = "bench-native")]
+fn alternating(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    wasm: &mut Instance,
+    native: &mut native::JsonMap,
+) -> Vec<Pair> {
+    let input = batch(ALTERNATING);
+    let mut call_wasm = || {
+        std::hint::black_box(wasm.process(&input).expect("wasm call"));
+    };
+    let mut call_native = || {
+        std::hint::black_box(native.process(&input));
+    };
+    let timed = |f: &mut dyn FnMut()| {
+        let start = std::time::Instant::now();
+        f();
+        start.elapsed()
+    };
+    let mut pairs = Vec::new();
+    group.throughput(Throughput::Elements(ALTERNATING as u64));
+    group.bench_function("alternating", |b| {
+        b.iter_custom(|iters| {
+            let (mut w, mut n) = (Duration::ZERO, Duration::ZERO);
+            for i in 0..iters {
+                if i % 2 == 0 {
+                    w += timed(&mut call_wasm);
+                    n += timed(&mut call_native);
+                } else {
+                    n += timed(&mut call_native);
+                    w += timed(&mut call_wasm);
+                }
+            }
+            pairs.push(Pair {
+                iters,
+                wasm: w,
+                native: n,
+            });
+            w
+        })
+    });
     pairs
 }
 
@@ -283,24 +293,30 @@ fn per_message_summary(dir: &Path, since: std::time::SystemTime) {
         w.zip(n)
             .map_or_else(|| "-".to_string(), |(w, n)| format!("{:.2}x", w / n))
     };
-    let ran = BATCHES
+    // (batch, wasm mean, native mean, wasm fastest, native fastest), per
+    // message.
+    let rows: Vec<_> = BATCHES
         .iter()
-        .any(|&n| mean_ns("wasm", n).is_some() || mean_ns("native", n).is_some());
-    if !ran {
+        .map(|&n| {
+            let per_message = |t: Option<f64>| t.map(|t| t / n as f64);
+            (
+                n,
+                per_message(mean_ns("wasm", n)),
+                per_message(mean_ns("native", n)),
+                per_message(fastest_ns("wasm", n)),
+                per_message(fastest_ns("native", n)),
+            )
+        })
+        .collect();
+    if rows
+        .iter()
+        .all(|&(_, w, n, _, _)| w.is_none() && n.is_none())
+    {
         return;
     }
     println!("\nper message (criterion's mean, and its fastest sample, / batch size):");
     println!("  batch   wasm ns/msg   native ns/msg   wasm/native   fastest: wasm   native   wasm/native");
-    for n in BATCHES {
-        let per_message = |t: Option<f64>| t.map(|t| t / n as f64);
-        let (wasm, native) = (
-            per_message(mean_ns("wasm", n)),
-            per_message(mean_ns("native", n)),
-        );
-        let (wasm_min, native_min) = (
-            per_message(fastest_ns("wasm", n)),
-            per_message(fastest_ns("native", n)),
-        );
+    for (n, wasm, native, wasm_min, native_min) in rows {
         println!(
             "  {n:>5}   {:>11}   {:>13}   {:>11}   {:>13}   {:>6}   {:>11}",
             show(wasm),
