@@ -22,16 +22,15 @@
 //! Only files named like entries are ever deleted (the folder may hold
 //! other things: `~/.cache/sluice` is also where the guest tool chains
 //! go), and so are temporary files of writes that were cut short more
-//! than [`STALE_TMP`] ago. Several processes may share the folder: an entry that another one
-//! deletes is compiled again.
+//! than [`STALE_TMP`] ago. Several processes may share the folder: an
+//! entry that another one deletes is compiled again.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -192,12 +191,12 @@ impl PluginCache {
     /// lease lives.
     fn keep(&self, entry: &Path) -> Lease {
         if let Ok(mut in_use) = self.in_use.lock() {
-            let u = in_use.entry(entry.to_path_buf()).or_insert(Use {
-                leases: 0,
-                since: Instant::now(),
-            });
+            let since = Instant::now();
+            let u = in_use
+                .entry(entry.to_path_buf())
+                .or_insert(Use { leases: 0, since });
             u.leases += 1;
-            u.since = Instant::now();
+            u.since = since;
         }
         Lease {
             in_use: self.in_use.clone(),
@@ -250,9 +249,8 @@ impl PluginCache {
     /// Deletes the least recently used entries until the rest fit in
     /// `max_bytes` (the entries this process uses, or used less than
     /// [`KEEP_AFTER_USE`] ago, are kept in any case), and temporary files
-    /// older than [`STALE_TMP`]. Files that
-    /// vanish meanwhile (another Sluice pruning the same folder) are
-    /// skipped.
+    /// older than [`STALE_TMP`]. Files that vanish meanwhile (another
+    /// Sluice pruning the same folder) are skipped.
     pub fn prune(&self) -> Pruned {
         let mut pruned = Pruned::default();
         let in_use = self.kept();
